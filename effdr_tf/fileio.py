@@ -1,0 +1,63 @@
+"""File access for local paths and remote URLs (``gs://`` and anything ``tf.io.gfile`` knows).
+
+Local paths use plain Python I/O, so code that only touches local files (the models under a
+non-TensorFlow Keras backend, say) never imports TensorFlow. Remote URLs go through
+``tf.io.gfile``, imported on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from effdr_tf.errors import EffdrError
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_remote(path: str) -> bool:
+    return bool(_URL.match(str(path)))
+
+
+def _gfile():
+    try:
+        import tensorflow as tf
+    except ImportError as e:  # pragma: no cover - TensorFlow is a dependency of every setup
+        raise EffdrError("remote paths need TensorFlow (tf.io.gfile)") from e
+    return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+    if is_remote(path):
+        return _gfile().exists(path)
+    return os.path.exists(path)
+
+
+def read_bytes(path: str) -> bytes:
+    """Reads a whole file; a missing or unreadable file is an ``EffdrError`` naming it."""
+    try:
+        if is_remote(path):
+            with _gfile().GFile(path, "rb") as f:
+                return f.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except EffdrError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line naming the file
+        reason = "no such file" if not exists(path) else _first_line(e)
+        raise EffdrError(f"{path}: cannot read: {reason}") from e
+
+
+def publish(local_tmp: str, dst: str) -> None:
+    """Moves a finished local file to ``dst`` atomically (rename) or by copy for remote ``dst``."""
+    if is_remote(dst):
+        gfile = _gfile()
+        gfile.copy(local_tmp, dst, overwrite=True)
+        os.remove(local_tmp)
+    else:
+        os.replace(local_tmp, dst)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
