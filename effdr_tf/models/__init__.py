@@ -5,7 +5,7 @@ model = models.efficientnet("b5", num_classes=5, weights="tf_efficientnet_b5_ns.
 models.convert("tf_efficientnet_b5_ns.pth", "b5_ns.weights.h5", variant="b5")
 """
 
-from effdr_tf.models.efficientnet import (
+from effdr_tf.models.network import (
     VARIANTS,
     architecture,
     build_efficientnet,

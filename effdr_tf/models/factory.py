@@ -10,7 +10,7 @@ import tempfile
 from effdr_tf import fileio
 from effdr_tf.errors import WeightsError
 from effdr_tf.models import weights as weights_lib
-from effdr_tf.models.efficientnet import architecture, build_efficientnet, canonical_variant
+from effdr_tf.models.network import architecture, build_efficientnet, canonical_variant
 
 log = logging.getLogger(__name__)
 

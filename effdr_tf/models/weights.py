@@ -34,11 +34,12 @@ import numpy as np
 
 from effdr_tf import constants, fileio
 from effdr_tf.errors import EffdrError, WeightsError
-from effdr_tf.models.efficientnet import VARIANTS, Architecture, architecture
+from effdr_tf.models.network import VARIANTS, Architecture, architecture
 
 METADATA_ATTR = "effdr_tf"
 HEAD_LAYER = "predictions"
-KERAS_NORMALIZATION_LAYER = "normalization"
+# keras.applications' Normalization layer; Keras numbers repeated names (normalization_1, ...).
+_KERAS_NORMALIZATION = re.compile(r"^normalization(_\d+)?$")
 # Where keras.applications keeps downloaded weights: $KERAS_HOME/models (default ~/.keras).
 KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/keras-applications/"
 
@@ -118,7 +119,8 @@ class Checkpoint:
         if self.metadata.get("normalization") is not None:
             return self.metadata["normalization"]
         if self.layout == "keras":
-            return _keras_file_normalization(self.tensors.get(KERAS_NORMALIZATION_LAYER))
+            found = [v for k, v in self.tensors.items() if _KERAS_NORMALIZATION.match(k)]
+            return _keras_file_normalization(found[0] if found else None)
         if not self.has_squeeze_excitation():  # EfficientNet-Lite
             return "inception"
         where = "/".join(self.path.replace("\\", "/").lower().split("/")[-2:])
@@ -354,7 +356,7 @@ class Mapping:
 def map_checkpoint(ckpt: Checkpoint, arch: Architecture) -> Mapping:
     """Arranges a checkpoint's tensors by our layer names (shapes are checked on assignment)."""
     if ckpt.layout == "keras":
-        weights = {k: list(v) for k, v in ckpt.tensors.items() if k != KERAS_NORMALIZATION_LAYER}
+        weights = {k: list(v) for k, v in ckpt.tensors.items() if not _KERAS_NORMALIZATION.match(k)}
         return Mapping(weights, {k: k for k in weights}, [], [])
     weights, sources, missing = {}, {}, []
     used = set()
@@ -395,43 +397,22 @@ def load_into(model, ckpt: Checkpoint, arch: Architecture, *, reinit_head: bool 
     """
     mapping = map_checkpoint(ckpt, arch)
     layers = {layer.name: layer for layer in model.layers if layer.weights}
-    ckpt_head = mapping.weights.pop(HEAD_LAYER, None)
-    head_status = "none"
     values = dict(mapping.weights)
+    ckpt_head = values.pop(HEAD_LAYER, None)
     missing, unexpected, wrong = list(mapping.missing), list(mapping.unexpected), []
-    if HEAD_LAYER in layers:
-        model_shapes = [tuple(w.shape) for w in layers[HEAD_LAYER].weights]
-        if ckpt_head is not None and [a.shape for a in ckpt_head] == model_shapes:
-            values[HEAD_LAYER] = ckpt_head
-            head_status = "loaded"
-        elif reinit_head:
-            head_status = "reinitialised"
-        elif ckpt_head is None:
-            raise WeightsError(
-                f"{ckpt.path}: checkpoint has no classifier; build with include_top=False or "
-                "re-initialise the head (reinit_head=True, --reinit_head)"
-            )
-        else:
-            raise WeightsError(
-                f"{ckpt.path}: classifier of the checkpoint has {ckpt_head[0].shape} "
-                f"({ckpt.num_classes()} classes), the model's {model_shapes[0]}: pass "
-                "num_classes to match or reinit_head=True (--reinit_head)"
-            )
     for name, layer in layers.items():
         if name == HEAD_LAYER:
             continue
         if name not in values:
-            if ckpt.layout == "keras":
+            if ckpt.layout == "keras":  # the PyTorch layouts list their missing keys already
                 missing.append(name)
             continue
-        arrays = values[name]
         expected = [tuple(w.shape) for w in layer.weights]
-        got = [tuple(a.shape) for a in arrays]
+        got = [tuple(a.shape) for a in values[name]]
         if got != expected:
-            wrong.append(
-                f"{mapping.sources.get(name, name)} {got[0] if got else ()} vs {expected[0]}"
-            )
-    unexpected += [k for k in values if k not in layers and k != HEAD_LAYER]
+            source = mapping.sources.get(name, name)
+            wrong.append(f"{source} {got[0] if got else ()} vs {expected[0]}")
+    unexpected += [k for k in values if k not in layers]
     if missing or unexpected or wrong:
         parts = []
         if wrong:
@@ -445,9 +426,28 @@ def load_into(model, ckpt: Checkpoint, arch: Architecture, *, reinit_head: bool 
         raise WeightsError(
             f"{ckpt.path}: does not fit efficientnet-{arch.variant}{looks}: " + "; ".join(parts)
         )
-    for name, layer in layers.items():
-        if name in values:
-            layer.set_weights([np.asarray(a, dtype=np.float32) for a in values[name]])
+
+    head_status = "none"
+    if HEAD_LAYER in layers:
+        model_shapes = [tuple(w.shape) for w in layers[HEAD_LAYER].weights]
+        if ckpt_head is not None and [a.shape for a in ckpt_head] == model_shapes:
+            values[HEAD_LAYER] = ckpt_head
+            head_status = "loaded"
+        elif reinit_head:
+            head_status = "reinitialised"
+        elif ckpt_head is None:
+            raise WeightsError(
+                f"{ckpt.path}: checkpoint has no classifier; build with include_top=False or "
+                "re-initialise the head (reinit_head=True)"
+            )
+        else:
+            raise WeightsError(
+                f"{ckpt.path}: classifier of the checkpoint has {ckpt.num_classes()} classes, "
+                f"the model {model_shapes[1][0]}: pass num_classes={ckpt.num_classes()} or "
+                "reinit_head=True"
+            )
+    for name, arrays in values.items():
+        layers[name].set_weights([np.asarray(a, dtype=np.float32) for a in arrays])
     return {"layers": len(values), "head": head_status}
 
 

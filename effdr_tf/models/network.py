@@ -1,4 +1,4 @@
-"""EfficientNet-B0..B8, L2 and EfficientNet-Lite0..4 as Keras 3 functional models.
+"""The EfficientNet network: B0-B8, L2 and EfficientNet-Lite0..4 as Keras 3 functional models.
 
 The architecture is data: one B0 stage table and one scaling table. ``architecture(variant)``
 expands them into the list of blocks a variant has; the model builder and the weight importers
