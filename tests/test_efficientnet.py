@@ -52,6 +52,11 @@ def _randomise(model, rng):
         layer.set_weights([np.asarray(a, np.float32) for a in new])
 
 
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def copy_from_keras_application(theirs, ours):
     """Copies weights layer by layer, by name: our names are keras.applications'."""
     for layer in ours.layers:
@@ -75,12 +80,6 @@ def test_matches_keras_applications(variant):
     want = theirs(x, training=False).numpy()
     got = np.asarray(ours(x, training=False))
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
-    softmax = lambda z: (
-        np.exp(z - z.max(-1, keepdims=True))
-        / np.exp(  # noqa: E731
-            z - z.max(-1, keepdims=True)
-        ).sum(-1, keepdims=True)
-    )
     assert np.abs(softmax(got) - softmax(want)).max() <= 1e-5
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import shutil
 
 import h5py
@@ -317,7 +318,7 @@ def test_convert_command_and_its_errors(reference_dir, lite0_pth, tmp_path):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     truncated_pth = tmp_path / "truncated.pth"
-    data = open(lite0_pth, "rb").read()
+    data = pathlib.Path(lite0_pth).read_bytes()
     truncated_pth.write_bytes(data[: len(data) // 3])
     not_a_checkpoint = tmp_path / "labels.csv"
     not_a_checkpoint.write_text("image,level\n10_left,0\n")

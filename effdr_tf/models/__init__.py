@@ -5,6 +5,7 @@ model = models.efficientnet("b5", num_classes=5, weights="tf_efficientnet_b5_ns.
 models.convert("tf_efficientnet_b5_ns.pth", "b5_ns.weights.h5", variant="b5")
 """
 
+from effdr_tf.models.factory import convert, efficientnet
 from effdr_tf.models.network import (
     VARIANTS,
     architecture,
@@ -12,7 +13,6 @@ from effdr_tf.models.network import (
     canonical_variant,
     variant_names,
 )
-from effdr_tf.models.factory import convert, efficientnet
 from effdr_tf.models.weights import Checkpoint, read_checkpoint
 
 __all__ = [
