@@ -45,7 +45,7 @@ def _randomise(model, rng):
                 new.append(rng.uniform(0.5, 1.5, shape))
             elif w.path.endswith(("gamma", "moving_mean", "beta")):
                 new.append(rng.normal(0.0 if "gamma" not in w.path else 1.0, 0.1, shape))
-            elif layer.name == "normalization":
+            elif isinstance(layer, keras.layers.Normalization):
                 new.append(np.asarray(w))
             else:
                 new.append(rng.normal(0.0, np.sqrt(1.0 / max(1, np.prod(shape[:-1]))), shape))

@@ -117,7 +117,7 @@ def _keras_imagenet_like_file(path, include_top=True, input_shape=(64, 64, 3)):
     )
     rng = np.random.default_rng(0)
     for layer in ref.layers:
-        if layer.name == "normalization":
+        if isinstance(layer, keras.layers.Normalization):
             layer.set_weights([IMAGENET_MEAN, IMAGENET_STD, np.array(0)])
         elif layer.weights:
             layer.set_weights(
