@@ -8,7 +8,7 @@ import sys
 
 
 def entry_point(main):
-    """Wraps an absl ``main(argv)``: user errors become ``error: <message>`` and exit code 1.
+    """Wraps an absl ``main(argv)``: user errors become ``error: <message>`` and exit code 2.
 
     Anything else is a bug and keeps its traceback.
     """
@@ -21,7 +21,7 @@ def entry_point(main):
             return main(argv) or 0
         except EffdrError as e:
             print(f"error: {e}", file=sys.stderr)
-            return 1
+            return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

@@ -1,0 +1,416 @@
+"""Sharded TFRecords from any source: parallel preprocessing, exact accounting, safe resumption.
+
+Layout of the output folder (DESIGN.md):
+
+    {split}-{i:05d}-of-{n:05d}.tfrecord   the shards
+    manifest.json                         written last: its presence means "complete"
+    rejects.csv                           path,reason for every input not written
+    .parts/                               per-shard records while a build is in progress
+
+Worker processes decode and preprocess images (OpenCV only); the main process writes the
+shards in a fixed order, so a build is byte-for-byte deterministic for a seed whatever the
+number of workers. Each shard is written under a temporary name and renamed when complete, with
+its record in ``.parts/`` written first: a build killed at any moment and run again redoes only
+the shards that were not finished and gives the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+
+import numpy as np
+
+import effdr_tf
+from effdr_tf import constants
+from effdr_tf.data import fundus, splits
+from effdr_tf.data.schema import SPLITS, Record, Reject
+from effdr_tf.data.sources import Source
+from effdr_tf.errors import EffdrError
+
+log = logging.getLogger(__name__)
+
+IMAGES_PER_SHARD = 1024
+MANIFEST = "manifest.json"
+REJECTS = "rejects.csv"
+PARTS = ".parts"
+MANIFEST_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """How to build; everything here is recorded in the manifest.
+
+    Attributes:
+        image_size: side of the square images written.
+        preprocess: ``crop`` (black border off, resize, pad), ``btgraham`` or ``none``.
+        num_shards: shards of the largest split (others proportional, at least one); None
+            gives about ``IMAGES_PER_SHARD`` images per shard.
+        val_fraction: patients moved from train to validation where the source has none.
+        seed: fixes the validation split and the order of examples within each split.
+        image_format: ``jpeg`` or ``png``.
+        jpeg_quality: 1-100.
+    """
+
+    image_size: int = 224
+    preprocess: str = "crop"
+    num_shards: int | None = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    image_format: str = "jpeg"
+    jpeg_quality: int = 95
+
+    def check(self) -> None:
+        if not 32 <= self.image_size <= 4096:
+            raise EffdrError(f"--image_size={self.image_size}: choose 32..4096")
+        if self.preprocess not in fundus.PREPROCESS_MODES:
+            modes = ", ".join(fundus.PREPROCESS_MODES)
+            raise EffdrError(f"--preprocess={self.preprocess}: choose one of {modes}")
+        if not 0 <= self.val_fraction < 1:
+            raise EffdrError(f"--val_fraction={self.val_fraction}: choose 0 <= f < 1")
+        if self.num_shards is not None and self.num_shards < 1:
+            raise EffdrError(f"--num_shards={self.num_shards}: need at least 1")
+        if self.image_format not in ("jpeg", "png"):
+            raise EffdrError(f"--image_format={self.image_format}: choose jpeg or png")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise EffdrError(f"--jpeg_quality={self.jpeg_quality}: choose 1..100")
+
+
+@dataclasses.dataclass
+class Shard:
+    name: str
+    split: str
+    records: list[Record]
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+
+
+def drop_duplicates(records: list[Record]) -> tuple[list[Record], list[Reject]]:
+    """Keeps the first record of every id; later ones are rejected, naming the first."""
+    first, kept, rejects = {}, [], []
+    for r in records:
+        if r.id in first:
+            rejects.append(Reject(r.path, f"duplicate id {r.id!r} (first seen at {first[r.id]})"))
+        else:
+            first[r.id] = r.path
+            kept.append(r)
+    return kept, rejects
+
+
+def plan_shards(records: list[Record], num_shards: int | None, seed: int) -> list[Shard]:
+    """Deterministic order within each split, cut into contiguous shards."""
+    by_split = collections.defaultdict(list)
+    for r in records:
+        by_split[r.split].append(r)
+    largest = max((len(v) for v in by_split.values()), default=0)
+    plan = []
+    for split in sorted(by_split, key=SPLITS.index):
+        members = sorted(by_split[split], key=lambda r: r.id)
+        order = np.random.default_rng([seed, 202, SPLITS.index(split)]).permutation(len(members))
+        members = [members[i] for i in order]
+        if num_shards is None:
+            n = math.ceil(len(members) / IMAGES_PER_SHARD)
+        else:
+            n = round(num_shards * len(members) / largest)
+        n = min(len(members), max(1, n))
+        for i, chunk in enumerate(np.array_split(np.arange(len(members)), n)):
+            name = f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+            plan.append(Shard(name, split, [members[j] for j in chunk]))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------
+# Work done in worker processes: OpenCV only, no TensorFlow.
+
+_WORKER: dict = {}
+
+
+def _init_worker(source: Source, options: BuildOptions) -> None:
+    _WORKER["source"], _WORKER["options"] = source, options
+
+
+def _process(record: Record) -> tuple:
+    """("ok", encoded bytes, height, width) or ("reject", reason) for one record."""
+    source, options = _WORKER["source"], _WORKER["options"]
+    try:
+        image = source.load(record)
+        image = fundus.preprocess(image, options.preprocess, options.image_size)
+        data = fundus.encode(image, options.image_format, options.jpeg_quality)
+        return ("ok", data, image.shape[0], image.shape[1])
+    except fundus.RejectedImageError as e:
+        return ("reject", str(e))
+    except Exception as e:  # noqa: BLE001 - a bad input must never stop the build
+        return ("reject", f"unexpected error while preprocessing: {type(e).__name__}: {e}")
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _example(record: Record, data: bytes, height: int, width: int, source_name: str, fmt: str):
+    import tensorflow as tf
+
+    def b(value):
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(
+                value=[value.encode() if isinstance(value, str) else value]
+            )
+        )
+
+    def i(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                constants.FEATURE_IMAGE: b(data),
+                constants.FEATURE_FORMAT: b(fmt),
+                constants.FEATURE_HEIGHT: i(height),
+                constants.FEATURE_WIDTH: i(width),
+                constants.FEATURE_LABEL: i(record.label),
+                constants.FEATURE_ID: b(record.id),
+                constants.FEATURE_PATIENT_ID: b(record.patient_id),
+                constants.FEATURE_EYE: b(record.eye),
+                constants.FEATURE_SOURCE: b(source_name),
+            }
+        )
+    ).SerializeToString()
+
+
+def _sha256(path: str) -> str:
+    import tensorflow as tf
+
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_text(path: str, text: str) -> None:
+    """Writes under a temporary name, then renames: readers never see half a file."""
+    import tensorflow as tf
+
+    tmp = f"{path}.tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _write_shards(pending, source, options, output_dir, workers, progress) -> None:
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    records = [r for shard in pending for r in shard.records]
+    if not records:
+        return
+    pool = None
+    if workers > 1:
+        # spawn: the main process has TensorFlow loaded, which must not be forked.
+        pool = multiprocessing.get_context("spawn").Pool(
+            workers, initializer=_init_worker, initargs=(source, options)
+        )
+        results = pool.imap(_process, records, chunksize=2)
+    else:
+        _init_worker(source, options)
+        results = map(_process, records)
+    bar = tqdm(total=len(records), unit="img", desc="building", disable=not progress)
+    try:
+        for shard in pending:
+            path = os.path.join(output_dir, shard.name)
+            counts = collections.Counter()
+            rejects = []
+            with tf.io.TFRecordWriter(f"{path}.tmp") as writer:
+                for record in shard.records:
+                    result = next(results)
+                    bar.update(1)
+                    if result[0] == "ok":
+                        _, data, h, w = result
+                        writer.write(
+                            _example(record, data, h, w, source.name, options.image_format)
+                        )
+                        counts[record.label] += 1
+                    else:
+                        rejects.append([record.path, result[1]])
+            part = {
+                "name": shard.name,
+                "split": shard.split,
+                "count": sum(counts.values()),
+                "class_counts": {str(k): v for k, v in sorted(counts.items())},
+                "sha256": _sha256(f"{path}.tmp"),
+                "rejects": rejects,
+            }
+            _write_text(os.path.join(output_dir, PARTS, f"{shard.name}.json"), json.dumps(part))
+            tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _our_files(output_dir: str) -> list[str]:
+    import tensorflow as tf
+
+    names = tf.io.gfile.listdir(output_dir) if tf.io.gfile.isdir(output_dir) else []
+    ours = [n for n in names if n.endswith((".tfrecord", ".tfrecord.tmp"))]
+    ours += [n for n in names if n in (MANIFEST, REJECTS, f"{MANIFEST}.tmp", f"{REJECTS}.tmp")]
+    return [os.path.join(output_dir, n) for n in ours]
+
+
+def build(
+    source: Source,
+    output_dir: str,
+    options: BuildOptions,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Builds (or finishes building) the TFRecords of ``source`` in ``output_dir``.
+
+    Returns:
+        The manifest.
+    """
+    import tensorflow as tf
+
+    options.check()
+    source.check()
+    manifest_path = os.path.join(output_dir, MANIFEST)
+    parts_dir = os.path.join(output_dir, PARTS)
+    if tf.io.gfile.exists(manifest_path) and not overwrite:
+        log.info("%s is complete (manifest.json exists); pass --overwrite to rebuild", output_dir)
+        with tf.io.gfile.GFile(manifest_path) as f:
+            return json.load(f)
+    try:
+        tf.io.gfile.makedirs(parts_dir)
+    except tf.errors.OpError as e:
+        raise EffdrError(f"{output_dir}: cannot create the output folder: {e.message}") from e
+    if overwrite:
+        for path in _our_files(output_dir):
+            tf.io.gfile.remove(path)
+        tf.io.gfile.rmtree(parts_dir)
+        tf.io.gfile.makedirs(parts_dir)
+
+    items = list(source.scan())
+    records = [r for r in items if isinstance(r, Record)]
+    rejects = [r for r in items if isinstance(r, Reject)]
+    records, duplicates = drop_duplicates(records)
+    rejects += duplicates
+    if options.val_fraction > 0 and not any(r.split == "validation" for r in records):
+        records = splits.carve_validation(records, options.val_fraction, options.seed)
+    plan = plan_shards(records, options.num_shards, options.seed)
+
+    params = {
+        "source": source.describe(),
+        "options": dataclasses.asdict(options),
+        "shards": [s.name for s in plan],
+        "records": hashlib.sha256(
+            "\n".join(f"{s.name}|{r.id}|{r.label}" for s in plan for r in s.records).encode()
+        ).hexdigest(),
+    }
+    params_path = os.path.join(parts_dir, "params.json")
+    if tf.io.gfile.exists(params_path):
+        with tf.io.gfile.GFile(params_path) as f:
+            if json.load(f) != params:
+                raise EffdrError(
+                    f"{output_dir}: holds an unfinished build with other settings or inputs; "
+                    "pass --overwrite to start again"
+                )
+    else:
+        _write_text(params_path, json.dumps(params))
+    for path in _our_files(output_dir):
+        if path.endswith(".tmp"):
+            tf.io.gfile.remove(path)
+
+    def finished(shard):
+        return tf.io.gfile.exists(os.path.join(output_dir, shard.name)) and tf.io.gfile.exists(
+            os.path.join(parts_dir, f"{shard.name}.json")
+        )
+
+    pending = [s for s in plan if not finished(s)]
+    if len(pending) < len(plan):
+        log.info("resuming: %d of %d shards already complete", len(plan) - len(pending), len(plan))
+    _write_shards(pending, source, options, output_dir, workers, progress)
+
+    parts = []
+    for shard in plan:
+        with tf.io.gfile.GFile(os.path.join(parts_dir, f"{shard.name}.json")) as f:
+            parts.append(json.load(f))
+    manifest = _manifest(source, options, parts, rejects, seen=len(items))
+    reject_rows = sorted(
+        [(r.path, r.reason) for r in rejects] + [tuple(x) for p in parts for x in p["rejects"]]
+    )
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows(reject_rows)
+    _write_text(os.path.join(output_dir, REJECTS), buf.getvalue())
+    _write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    tf.io.gfile.rmtree(parts_dir)
+    return manifest
+
+
+def _manifest(source, options, parts, rejects, seen) -> dict:
+    split_info = {}
+    for part in parts:
+        info = split_info.setdefault(
+            part["split"],
+            {"count": 0, "class_counts": collections.Counter(), "shards": []},
+        )
+        info["count"] += part["count"]
+        info["class_counts"].update(part["class_counts"])
+        info["shards"].append(
+            {"name": part["name"], "count": part["count"], "sha256": part["sha256"]}
+        )
+    for info in split_info.values():
+        info["class_counts"] = {
+            str(k): info["class_counts"].get(str(k), 0) for k in range(source.num_classes)
+        }
+    written = sum(p["count"] for p in parts)
+    rejected = len(rejects) + sum(len(p["rejects"]) for p in parts)
+    assert written + rejected == seen, (written, rejected, seen)
+    return {
+        "format_version": MANIFEST_VERSION,
+        "created_by": f"effdr_tf {effdr_tf.__version__}",
+        "source": source.describe(),
+        "num_classes": source.num_classes,
+        "image_size": options.image_size,
+        "preprocessing": {
+            "mode": options.preprocess,
+            "image_size": options.image_size,
+            "image_format": options.image_format,
+            "jpeg_quality": options.jpeg_quality if options.image_format == "jpeg" else None,
+        },
+        "seed": options.seed,
+        "val_fraction": options.val_fraction,
+        "splits": split_info,
+        "num_seen": seen,
+        "num_written": written,
+        "num_rejected": rejected,
+    }
+
+
+def summary(manifest: dict, output_dir: str) -> str:
+    """A few lines for the terminal: what was written where, and what was rejected."""
+    lines = [f"{output_dir}: {manifest['num_written']} images of {manifest['num_seen']} inputs"]
+    for split, info in manifest["splits"].items():
+        counts = " ".join(f"{k}:{v}" for k, v in info["class_counts"].items() if v)
+        lines.append(
+            f"  {split:<13} {info['count']:>7} in {len(info['shards'])} shard(s)  {counts}"
+        )
+    if manifest["num_rejected"]:
+        lines.append(
+            f"  rejected {manifest['num_rejected']}: see {os.path.join(output_dir, REJECTS)}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""Fundus photograph preprocessing with OpenCV: decode, find the disc, crop, resize, Ben Graham.
+
+Every function takes and returns RGB ``uint8`` arrays. Problems with an input image raise
+``RejectedImageError`` with a short reason that ends up in ``rejects.csv``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+PREPROCESS_MODES = ("crop", "btgraham", "none")
+# Ben Graham's Kaggle 2015 processing as in tfds diabetic_retinopathy_detection/btgraham-300:
+# the circle kept is 0.9 of the radius, blur sigma is radius / 30, grey outside is 128.
+BTGRAHAM_MASK_RATIO = 0.9
+BTGRAHAM_BLUR_DIVISOR = 30.0
+
+
+class RejectedImageError(Exception):
+    """An input image that cannot or should not be written; the message is the reason."""
+
+
+def _is_truncated(data: bytes) -> bool:
+    """JPEGs end with the EOI marker (some writers append a little after it) and PNGs with an
+    IEND chunk; decoders silently pad a truncated file with grey instead of failing."""
+    if data[:2] == b"\xff\xd8":
+        return b"\xff\xd9" not in data[-1024:]
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-64:]
+    return False
+
+
+def decode(data: bytes) -> np.ndarray:
+    """Decodes JPEG/PNG/TIFF/BMP bytes to RGB uint8.
+
+    Grayscale and CMYK images are converted to RGB, 16-bit images scaled to 8 bits, and an
+    alpha channel dropped: those are converted, not rejected.
+    """
+    if not data:
+        raise RejectedImageError("empty file")
+    if _is_truncated(data):
+        raise RejectedImageError("truncated image file")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if image is None or image.size == 0:
+        raise RejectedImageError("not a decodable image")
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        top = float(image.max()) or 1.0
+        image = np.clip(image.astype(np.float32) / top * 255.0, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _intensity(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray, float]:
+    """A small blurred max-over-channels image for disc detection, and its scale factor."""
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    small = (
+        image
+        if scale == 1.0
+        else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    )
+    gray = cv2.GaussianBlur(small.max(axis=2), (5, 5), 0)
+    return gray, scale
+
+
+def check_quality(image: np.ndarray) -> None:
+    """Rejects images no grader could use: nearly black or nearly uniform."""
+    gray, _ = _intensity(image)
+    if np.percentile(gray, 99) < 15:
+        raise RejectedImageError("nearly black image")
+    if gray.std() < 2.0:
+        raise RejectedImageError("nearly uniform image")
+
+
+def find_disc(image: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1) of the fundus disc, excluding the black border.
+
+    A pixel is fundus when it is brighter than a tenth of the bright end of the image (with a
+    floor for noisy borders); rows and columns count as fundus when more than 2 % of them is.
+    Discs clipped at the top and bottom keep their full width, so the box is then wider than
+    tall, and ``crop_and_resize`` pads it back to a square.
+    """
+    gray, scale = _intensity(image)
+    threshold = max(12.0, 0.1 * float(np.percentile(gray, 99)))
+    mask = gray > threshold
+    rows = np.flatnonzero(mask.mean(axis=1) > 0.02)
+    cols = np.flatnonzero(mask.mean(axis=0) > 0.02)
+    if rows.size == 0 or cols.size == 0:
+        raise RejectedImageError("no fundus disc found")
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    gh, gw = gray.shape
+    if (y1 - y0) < 0.1 * gh or (x1 - x0) < 0.1 * gw or mask[y0:y1, x0:x1].mean() < 0.3:
+        raise RejectedImageError("no fundus disc found")
+    h, w = image.shape[:2]
+    return (
+        max(0, int(x0 / scale)),
+        max(0, int(y0 / scale)),
+        min(w, int(np.ceil(x1 / scale))),
+        min(h, int(np.ceil(y1 / scale))),
+    )
+
+
+def resize_and_pad(image: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
+    """Resizes so the longer side is ``size``, keeping the aspect ratio, and pads to a square."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(image, (nw, nh), interpolation=interpolation)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out = np.full((size, size, 3), fill, np.uint8)
+    out[top : top + nh, left : left + nw] = resized
+    return out
+
+
+def crop_and_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Crops the black border around the disc, then resizes and pads to ``size`` x ``size``."""
+    x0, y0, x1, y1 = find_disc(image)
+    return resize_and_pad(image[y0:y1, x0:x1], size)
+
+
+def btgraham(image: np.ndarray, size: int) -> np.ndarray:
+    """Ben Graham's local-average colour subtraction, the tfds ``btgraham-300`` procedure.
+
+    The radius is measured on the middle row (pixels whose channel sum exceeds a tenth of the
+    row mean); the image is scaled so the radius is ``size / 1.8`` (the kept circle, 0.9 of the
+    radius, then spans ``size``; tfds uses radius 300); ``4 * img - 4 * GaussianBlur(radius/30)
+    + 128``; grey 128 outside the circle; crop to the circle's square.
+    """
+    target_radius = size / (2 * BTGRAHAM_MASK_RATIO)
+    row = image[image.shape[0] // 2].astype(np.float64).sum(axis=1)
+    radius = (row > row.mean() / 10.0).sum() / 2.0
+    if radius < 1.0:
+        raise RejectedImageError("no fundus disc found (empty middle row)")
+    scale = target_radius / radius
+    scaled = cv2.resize(image, None, fx=scale, fy=scale)
+    blurred = cv2.GaussianBlur(scaled, (0, 0), target_radius / BTGRAHAM_BLUR_DIVISOR)
+    graham = cv2.addWeighted(scaled, 4, blurred, -4, 128)
+    h, w = graham.shape[:2]
+    keep = int(target_radius * BTGRAHAM_MASK_RATIO)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.circle(mask, (w // 2, h // 2), keep, 1, thickness=-1)
+    graham = np.where(mask[..., None] == 1, graham, np.uint8(128))
+    y0, y1 = max(h // 2 - keep, 0), min(h // 2 + keep, h)
+    x0, x1 = max(w // 2 - keep, 0), min(w // 2 + keep, w)
+    return resize_and_pad(graham[y0:y1, x0:x1], size, fill=128)
+
+
+def preprocess(image: np.ndarray, mode: str, size: int) -> np.ndarray:
+    """One of ``PREPROCESS_MODES`` to a ``size`` x ``size`` RGB uint8 image."""
+    if mode == "none":
+        return resize_and_pad(image, size)
+    check_quality(image)
+    if mode == "crop":
+        return crop_and_resize(image, size)
+    if mode == "btgraham":
+        return btgraham(image, size)
+    raise ValueError(f"unknown preprocess mode {mode!r}")
+
+
+def encode(image: np.ndarray, image_format: str = "jpeg", quality: int = 95) -> bytes:
+    """RGB uint8 to JPEG or PNG bytes."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if image_format == "jpeg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    elif image_format == "png":
+        ok, buf = cv2.imencode(".png", bgr)
+    else:
+        raise ValueError(f"unknown image format {image_format!r}")
+    if not ok:
+        raise RejectedImageError(f"could not encode as {image_format}")
+    return buf.tobytes()

@@ -1,0 +1,77 @@
+"""Generic layouts for any clinic's images.
+
+``csv``: ``--data=csv --data_dir=DIR [--labels=FILE]`` reads FILE (default ``DIR/labels.csv``)
+with columns ``path,label`` and optional ``patient_id,eye,split``; paths are relative to DIR
+and may not leave it. Without a split column everything is ``train``.
+
+``folder``: ``DIR/<grade>/**`` with one folder per grade (0-4).
+"""
+
+import dataclasses
+import os
+
+from effdr_tf.data.schema import SPLITS, Record, Reject
+from effdr_tf.data.sources import base
+
+
+@dataclasses.dataclass
+class CsvLabels(base.Source):
+    labels: str = ""
+    name = "csv"
+
+    @property
+    def labels_file(self) -> str:
+        return self.labels or os.path.join(self.data_dir, "labels.csv")
+
+    def check(self):
+        super().check()
+        base.require_file(self.labels_file)
+
+    def describe(self):
+        return {**super().describe(), "labels": os.path.abspath(self.labels_file)}
+
+    def scan(self):
+        for row in base.read_csv(self.labels_file, ("path", "label")):
+            relative = row["path"]
+            path = base.inside(self.data_dir, relative)
+            if path is None:
+                yield Reject(relative, "path escapes data_dir")
+                continue
+            if not os.path.isfile(path):
+                yield Reject(path, "file not found")
+                continue
+            label = base.parse_label(row["label"], self.num_classes)
+            split = row.get("split") or "train"
+            eye = (row.get("eye") or "").lower()
+            if isinstance(label, str):
+                yield Reject(path, label)
+            elif split not in SPLITS:
+                yield Reject(path, f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+            elif eye not in ("left", "right", ""):
+                yield Reject(path, f"unknown eye {eye!r} (expected left, right or empty)")
+            else:
+                yield Record(
+                    path=path,
+                    label=label,
+                    id=relative,
+                    patient_id=row.get("patient_id", ""),
+                    eye=eye,
+                    split=split,
+                )
+
+
+class GradeFolders(base.Source):
+    name = "folder"
+
+    def scan(self):
+        for path in base.list_files(self.data_dir):
+            relative = os.path.relpath(path, self.data_dir)
+            top = relative.split(os.sep)[0]
+            if top == relative:
+                yield Reject(path, "not inside a grade folder")
+                continue
+            label = base.parse_label(top, self.num_classes)
+            if isinstance(label, str):
+                yield Reject(path, f"folder {top!r} is not a grade: {label}")
+                continue
+            yield Record(path=path, label=label, id=relative, split="train")

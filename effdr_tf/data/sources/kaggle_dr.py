@@ -1,0 +1,63 @@
+"""Kaggle 2015 Diabetic Retinopathy Detection (EyePACS).
+
+    DIR/trainLabels.csv            image,level
+    DIR/train/{patient}_{left|right}.jpeg
+    DIR/retinopathy_solution.csv   image,level,Usage   (optional: the test labels)
+    DIR/test/{patient}_{left|right}.jpeg
+
+Test images go to ``public_test`` or ``private_test`` by Usage; there is no validation split
+(the builder carves one out of train by patient).
+"""
+
+import os
+
+from effdr_tf.data.schema import Reject
+from effdr_tf.data.sources import base
+
+USAGE_SPLITS = {"public": "public_test", "private": "private_test"}
+
+
+def patient_and_eye(image_id: str) -> tuple[str, str]:
+    patient, _, eye = image_id.rpartition("_")
+    if eye in ("left", "right") and patient:
+        return patient, eye
+    return image_id, ""
+
+
+def _fields(image_id: str, split: str) -> dict:
+    patient, eye = patient_and_eye(image_id)
+    return {"patient_id": patient, "eye": eye, "split": split}
+
+
+class KaggleDR(base.Source):
+    name = "kaggle_dr"
+
+    def check(self):
+        super().check()
+        base.require_file(os.path.join(self.data_dir, "trainLabels.csv"))
+
+    def _files(self, folder: str) -> dict:
+        folder = os.path.join(self.data_dir, folder)
+        return {base.stem(p): p for p in base.list_files(folder)} if os.path.isdir(folder) else {}
+
+    def scan(self):
+        rows = base.read_csv(os.path.join(self.data_dir, "trainLabels.csv"), ("image", "level"))
+        entries = [(r["image"], r["level"], _fields(r["image"], "train")) for r in rows]
+        files = self._files("train")
+        solution = os.path.join(self.data_dir, "retinopathy_solution.csv")
+        if os.path.exists(solution):
+            files.update(self._files("test"))
+            for row in base.read_csv(solution, ("image", "level", "Usage")):
+                split = USAGE_SPLITS.get(row["Usage"].lower())
+                if split is None:
+                    path = os.path.join(self.data_dir, "test", f"{row['image']}.jpeg")
+                    yield Reject(path, f"unknown Usage {row['Usage']!r} (expected Public/Private)")
+                    continue
+                entries.append((row["image"], row["level"], _fields(row["image"], split)))
+        yield from base.join_labels(
+            entries,
+            files,
+            self.num_classes,
+            missing_path=lambda key: os.path.join(self.data_dir, "train_or_test", f"{key}.jpeg"),
+            unlabelled_reason="no label in trainLabels.csv or retinopathy_solution.csv",
+        )

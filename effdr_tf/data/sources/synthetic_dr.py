@@ -1,0 +1,67 @@
+"""``synthetic_dr``: the built-in semi-synthetic DR dataset (see ``effdr_tf.data.synthetic``).
+
+No data_dir: ``--data=synthetic_dr --num_images=N [--seed=S]``. Two eyes per patient; a fifth of
+the patients form the ``test`` split, the builder carves ``validation`` out of the rest.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from effdr_tf.data import synthetic
+from effdr_tf.data.schema import Record
+from effdr_tf.data.sources import base
+from effdr_tf.errors import EffdrError
+
+TEST_PATIENT_FRACTION = 0.2
+
+
+@dataclasses.dataclass
+class SyntheticDR(base.Source):
+    num_images: int = 1000
+    seed: int = 0
+    image_size: int = 224
+    name = "synthetic_dr"
+
+    @property
+    def work_size(self) -> int:
+        # Lesions are painted at twice the output size (at least 448 px) and shrunk, as real
+        # photographs are; at most the base photograph's own 1411 px.
+        return int(min(1411, max(448, 2 * self.image_size)))
+
+    def check(self):
+        if self.num_images < 2:
+            raise EffdrError(f"--num_images={self.num_images}: need at least 2 images")
+
+    def describe(self):
+        return {
+            "name": self.name,
+            "num_images": self.num_images,
+            "seed": self.seed,
+            "synthetic": True,
+            "base_photograph": "skimage.data.retina() (CC0)",
+        }
+
+    def scan(self):
+        grades = synthetic.assign_grades(self.num_images, self.seed)
+        patients = sorted({p for p, _, _ in grades})
+        rng = np.random.default_rng([self.seed, 11])
+        n_test = int(round(TEST_PATIENT_FRACTION * len(patients)))
+        test = set(rng.permutation(patients)[:n_test].tolist())
+        for index, (patient, eye, grade) in enumerate(grades):
+            image_id = f"{patient:05d}_{eye}"
+            yield Record(
+                path=f"synthetic_dr/{index}",
+                label=grade,
+                id=image_id,
+                patient_id=f"{patient:05d}",
+                eye=eye,
+                split="test" if patient in test else "train",
+            )
+
+    def load(self, record):
+        index = int(record.path.rsplit("/", 1)[1])
+        image, _ = synthetic.generate(
+            record.label, index, self.seed, size=self.work_size, eye=record.eye
+        )
+        return image

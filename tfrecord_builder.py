@@ -1,0 +1,70 @@
+"""Fundus datasets to sharded TFRecords.
+
+python tfrecord_builder.py --data=kaggle_dr --data_dir=RAW --output_dir=TFREC --variant=b5
+python tfrecord_builder.py --data=synthetic_dr --num_images=2000 --output_dir=TFREC
+"""
+
+import os
+
+from absl import app, flags
+
+from effdr_tf import cli
+
+_DATA = flags.DEFINE_string("data", "synthetic_dr", "Dataset layout: see README, Datasets.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder of the raw dataset.")
+_LABELS = flags.DEFINE_string(
+    "labels", None, "--data=csv: label file (default DATA_DIR/labels.csv)."
+)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the shards go (local or gs://).")
+_VARIANT = flags.DEFINE_string("variant", None, "Write at this EfficientNet's resolution.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "Square side in pixels (overrides --variant)."
+)
+_PREPROCESS = flags.DEFINE_enum(
+    "preprocess", None, ["crop", "btgraham", "none"], "Default: crop (CIFAR: none)."
+)
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "Shards of the largest split.")
+_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Preprocessing processes.")
+_VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Validation patients carved from train.")
+_SEED = flags.DEFINE_integer("seed", 0, "Validation split, example order, synthetic images.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "--data=synthetic_dr: how many images.")
+_IMAGE_FORMAT = flags.DEFINE_enum("image_format", "jpeg", ["jpeg", "png"], "Encoding in shards.")
+_JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality 1-100.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild a complete output folder.")
+flags.mark_flag_as_required("output_dir")
+
+
+@cli.entry_point
+def main(argv):
+    del argv
+    from effdr_tf.data import builder, sources
+    from effdr_tf.models import VARIANTS, canonical_variant
+
+    size = _IMAGE_SIZE.value
+    if size is None and _VARIANT.value:
+        size = VARIANTS[canonical_variant(_VARIANT.value)].resolution
+    source = sources.make_source(
+        _DATA.value,
+        _DATA_DIR.value,
+        labels=_LABELS.value,
+        num_images=_NUM_IMAGES.value,
+        seed=_SEED.value,
+        image_size=size,
+    )
+    options = builder.BuildOptions(
+        image_size=size or source.default_image_size,
+        preprocess=_PREPROCESS.value or source.default_preprocess,
+        num_shards=_NUM_SHARDS.value,
+        val_fraction=_VAL_FRACTION.value,
+        seed=_SEED.value,
+        image_format=_IMAGE_FORMAT.value,
+        jpeg_quality=_JPEG_QUALITY.value,
+    )
+    manifest = builder.build(
+        source, _OUTPUT_DIR.value, options, workers=_WORKERS.value, overwrite=_OVERWRITE.value
+    )
+    print(builder.summary(manifest, _OUTPUT_DIR.value))
+
+
+if __name__ == "__main__":
+    app.run(main)
