@@ -17,6 +17,7 @@ the shards that were not finished and gives the same files as an uninterrupted o
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import csv
 import dataclasses
 import hashlib
@@ -184,7 +185,7 @@ def _example(record: Record, data: bytes, height: int, width: int, source_name: 
                 constants.FEATURE_SOURCE: b(source_name),
             }
         )
-    ).SerializeToString()
+    ).SerializeToString(deterministic=True)  # map order would follow the hash seed
 
 
 def _sha256(path: str) -> str:
@@ -216,15 +217,20 @@ def _write_shards(pending, source, options, output_dir, workers, progress) -> No
         return
     pool = None
     if workers > 1:
-        # spawn: the main process has TensorFlow loaded, which must not be forked.
-        pool = multiprocessing.get_context("spawn").Pool(
-            workers, initializer=_init_worker, initargs=(source, options)
+        # spawn: the main process has TensorFlow loaded, which must not be forked. A worker
+        # that dies (a decoder crash) breaks the pool with an error instead of a hang.
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(source, options),
         )
-        results = pool.imap(_process, records, chunksize=2)
+        results = pool.map(_process, records, chunksize=2)
     else:
         _init_worker(source, options)
         results = map(_process, records)
     bar = tqdm(total=len(records), unit="img", desc="building", disable=not progress)
+    shard = None
     try:
         for shard in pending:
             path = os.path.join(output_dir, shard.name)
@@ -252,11 +258,15 @@ def _write_shards(pending, source, options, output_dir, workers, progress) -> No
             }
             _write_text(os.path.join(output_dir, PARTS, f"{shard.name}.json"), json.dumps(part))
             tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
+    except concurrent.futures.process.BrokenProcessPool as e:
+        raise EffdrError(
+            f"{output_dir}: a preprocessing worker died while writing {shard.name}; run the "
+            "same command again to resume, or use --workers=1 to find the image at fault"
+        ) from e
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _our_files(output_dir: str) -> list[str]:

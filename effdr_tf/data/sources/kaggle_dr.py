@@ -50,7 +50,8 @@ class KaggleDR(base.Source):
             for row in base.read_csv(solution, ("image", "level", "Usage")):
                 split = USAGE_SPLITS.get(row["Usage"].lower())
                 if split is None:
-                    path = os.path.join(self.data_dir, "test", f"{row['image']}.jpeg")
+                    default = os.path.join(self.data_dir, "test", f"{row['image']}.jpeg")
+                    path = files.pop(row["image"], default)
                     yield Reject(path, f"unknown Usage {row['Usage']!r} (expected Public/Private)")
                     continue
                 entries.append((row["image"], row["level"], _fields(row["image"], split)))
