@@ -189,11 +189,11 @@ class _Interrupting:
     def __getattr__(self, name):
         return getattr(self.source, name)
 
-    def load(self, record):
+    def load(self, record, **kwargs):
         self.calls += 1
         if self.calls == self.n:
             raise KeyboardInterrupt
-        return self.source.load(record)
+        return self.source.load(record, **kwargs)
 
 
 def test_unfinished_build_resumes_only_with_the_same_settings(tmp_path):

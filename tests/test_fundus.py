@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from benchmarks.tfds_btgraham import btgraham_reference
 from effdr_tf.data import fundus
 
 
@@ -21,27 +22,9 @@ def _pil_bytes(image: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def tfds_btgraham_reference(image: np.ndarray, radius: int = 300) -> np.ndarray:
-    """The tfds diabetic_retinopathy_detection btgraham-300 steps, written out plainly."""
-    x = image[image.shape[0] // 2, :, :].sum(axis=1)
-    r = (x > x.mean() / 10).sum() / 2
-    s = radius / r
-    image = cv2.resize(image, dsize=None, fx=s, fy=s)
-    blurred = cv2.GaussianBlur(image, (0, 0), radius / 30)
-    image = cv2.addWeighted(image, 4, blurred, -4, 128)
-    mask = np.zeros(image.shape)
-    centre = (image.shape[1] // 2, image.shape[0] // 2)
-    keep = int(radius * 0.9)
-    cv2.circle(mask, center=centre, radius=keep, color=(1, 1, 1), thickness=-1)
-    image = image * mask + (1 - mask) * 128
-    h, w = image.shape[:2]
-    image = image[max(h // 2 - keep, 0) : h // 2 + keep, max(w // 2 - keep, 0) : w // 2 + keep]
-    return image.astype(np.uint8)
-
-
 def test_btgraham_matches_tfds_procedure():
     retina = data.retina()
-    want = tfds_btgraham_reference(retina, radius=300)
+    want = btgraham_reference(retina, radius=300)
     got = fundus.btgraham(retina, size=540)  # radius 540 / 1.8 = 300
     assert got.shape == want.shape == (540, 540, 3)
     assert np.abs(got.astype(float) - want.astype(float)).mean() <= 2.0
@@ -122,3 +105,18 @@ def test_encode_round_trip():
     np.testing.assert_array_equal(fundus.decode(fundus.encode(image, "png")), image)
     jpeg = fundus.decode(fundus.encode(image, "jpeg", 95))
     assert np.abs(jpeg.astype(int) - image).mean() < 3
+
+
+def test_large_jpegs_decode_at_reduced_scale_when_the_output_is_small():
+    photo = cv2.resize(data.retina(), (2000, 2000), interpolation=cv2.INTER_CUBIC)
+    photo = cv2.copyMakeBorder(photo, 0, 0, 500, 500, cv2.BORDER_CONSTANT, value=0)
+    jpeg = cv2.imencode(".jpg", photo[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    full = fundus.decode(jpeg)
+    assert full.shape == (2000, 3000, 3)
+    half = fundus.decode(jpeg, min_side=675)  # 540 px output with the builder's margin
+    assert half.shape == (1000, 1500, 3)
+    assert fundus.decode(jpeg, min_side=300).shape == (500, 750, 3)
+    assert fundus.decode(jpeg, min_side=1200).shape == full.shape
+    a = fundus.crop_and_resize(full, 540).astype(float)
+    b = fundus.crop_and_resize(half, 540).astype(float)
+    assert np.abs(a - b).mean() < 2.0

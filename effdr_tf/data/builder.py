@@ -40,6 +40,7 @@ from effdr_tf.errors import EffdrError
 log = logging.getLogger(__name__)
 
 IMAGES_PER_SHARD = 1024
+DECODE_MARGIN = 1.25
 MANIFEST = "manifest.json"
 REJECTS = "rejects.csv"
 PARTS = ".parts"
@@ -144,7 +145,8 @@ def _process(record: Record) -> tuple:
     """("ok", encoded bytes, height, width) or ("reject", reason) for one record."""
     source, options = _WORKER["source"], _WORKER["options"]
     try:
-        image = source.load(record)
+        # The disc spans roughly the shorter side: keep a margin above the output size.
+        image = source.load(record, min_side=int(DECODE_MARGIN * options.image_size))
         image = fundus.preprocess(image, options.preprocess, options.image_size)
         data = fundus.encode(image, options.image_format, options.jpeg_quality)
         return ("ok", data, image.shape[0], image.shape[1])

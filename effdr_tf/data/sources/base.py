@@ -39,15 +39,16 @@ class Source:
     def scan(self) -> Iterator[Record | Reject]:
         raise NotImplementedError
 
-    def load(self, record: Record) -> np.ndarray:
+    def load(self, record: Record, min_side: int | None = None) -> np.ndarray:
+        """The RGB image; ``min_side`` lets large JPEGs decode at a reduced scale."""
         if record.data is not None:
-            return fundus.decode(record.data)
+            return fundus.decode(record.data, min_side)
         try:
             with open(record.path, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise fundus.RejectedImageError(f"cannot read file: {e.strerror or e}") from e
-        return fundus.decode(data)
+        return fundus.decode(data, min_side)
 
     def describe(self) -> dict:
         """What goes into manifest.json about the source."""

@@ -59,7 +59,7 @@ class SyntheticDR(base.Source):
                 split="test" if patient in test else "train",
             )
 
-    def load(self, record):
+    def load(self, record, min_side=None):
         index = int(record.path.rsplit("/", 1)[1])
         image, _ = synthetic.generate(
             record.label, index, self.seed, size=self.work_size, eye=record.eye
