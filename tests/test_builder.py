@@ -128,14 +128,14 @@ def test_missing_inputs_exit_2_with_one_line(tmp_path):
 SYNTHETIC = [
     "--data=synthetic_dr",
     "--num_images=120",
-    "--image_size=64",
+    "--variant=lite0",
     "--num_shards=8",
     "--seed=3",
 ]
 
 
 def _synthetic_options():
-    return builder.BuildOptions(image_size=64, num_shards=8, seed=3)
+    return builder.BuildOptions(image_size=224, num_shards=8, seed=3)  # lite0's resolution
 
 
 def _shard_hashes(output_dir):
@@ -147,7 +147,7 @@ def _shard_hashes(output_dir):
 
 def test_kill_9_then_rerun_gives_the_clean_build(tmp_path):
     clean = tmp_path / "clean"
-    source = make_source("synthetic_dr", num_images=120, seed=3, image_size=64)
+    source = make_source("synthetic_dr", num_images=120, seed=3, image_size=224)
     want = builder.build(source, str(clean), _synthetic_options(), workers=1, progress=False)
 
     killed = tmp_path / "killed"
@@ -203,7 +203,7 @@ def test_unfinished_build_resumes_only_with_the_same_settings(tmp_path):
         builder.build(_Interrupting(source, 25), str(tmp_path), options, progress=False)
     assert (tmp_path / builder.PARTS / "params.json").exists()
     other = builder.BuildOptions(image_size=64, num_shards=4, seed=4)
-    with pytest.raises(EffdrError, match="unfinished build with other settings"):
+    with pytest.raises(EffdrError, match="unfinished build with other options"):
         builder.build(source, str(tmp_path), other, progress=False)
     manifest = builder.build(source, str(tmp_path), options, progress=False)
     clean = builder.build(source, str(tmp_path / "clean"), options, progress=False)

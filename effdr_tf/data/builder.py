@@ -334,11 +334,13 @@ def build(
     params_path = os.path.join(parts_dir, "params.json")
     if tf.io.gfile.exists(params_path):
         with tf.io.gfile.GFile(params_path) as f:
-            if json.load(f) != params:
-                raise EffdrError(
-                    f"{output_dir}: holds an unfinished build with other settings or inputs; "
-                    "pass --overwrite to start again"
-                )
+            before = json.load(f)
+        if before != params:
+            changed = sorted(k for k in params if before.get(k) != params[k])
+            raise EffdrError(
+                f"{output_dir}: holds an unfinished build with other {' and '.join(changed)}; "
+                "run it with the same settings and inputs, or pass --overwrite to start again"
+            )
     else:
         _write_text(params_path, json.dumps(params))
     for path in _our_files(output_dir):
