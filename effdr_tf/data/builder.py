@@ -109,8 +109,25 @@ def drop_duplicates(records: list[Record]) -> tuple[list[Record], list[Reject]]:
     return kept, rejects
 
 
+# Splits whose shards each hold one class, so the input pipeline can read one stream per class
+# and rebalance them without reading any record it does not emit.
+CLASS_PARTITIONED_SPLITS = ("train",)
+
+
+def _shard_count(n: int, num_shards: int | None, largest: int) -> int:
+    if num_shards is None:
+        wanted = math.ceil(n / IMAGES_PER_SHARD)
+    else:
+        wanted = round(num_shards * n / largest)
+    return min(n, max(1, wanted))
+
+
 def plan_shards(records: list[Record], num_shards: int | None, seed: int) -> list[Shard]:
-    """Deterministic order within each split, cut into contiguous shards."""
+    """Deterministic order within each split, cut into contiguous shards.
+
+    Training shards are class-pure: each class gets shards in proportion to its count (at
+    least one), numbered within the split in class order. Other splits mix classes.
+    """
     by_split = collections.defaultdict(list)
     for r in records:
         by_split[r.split].append(r)
@@ -120,14 +137,22 @@ def plan_shards(records: list[Record], num_shards: int | None, seed: int) -> lis
         members = sorted(by_split[split], key=lambda r: r.id)
         order = np.random.default_rng([seed, 202, SPLITS.index(split)]).permutation(len(members))
         members = [members[i] for i in order]
-        if num_shards is None:
-            n = math.ceil(len(members) / IMAGES_PER_SHARD)
+        if split in CLASS_PARTITIONED_SPLITS:
+            groups = [
+                [r for r in members if r.label == c] for c in sorted({r.label for r in members})
+            ]
+            total = _shard_count(len(members), num_shards, largest)
+            counts = [min(len(g), max(1, round(total * len(g) / len(members)))) for g in groups]
         else:
-            n = round(num_shards * len(members) / largest)
-        n = min(len(members), max(1, n))
-        for i, chunk in enumerate(np.array_split(np.arange(len(members)), n)):
-            name = f"{split}-{i:05d}-of-{n:05d}.tfrecord"
-            plan.append(Shard(name, split, [members[j] for j in chunk]))
+            groups = [members]
+            counts = [_shard_count(len(members), num_shards, largest)]
+        n = sum(counts)
+        index = 0
+        for group, count in zip(groups, counts, strict=True):
+            for chunk in np.array_split(np.arange(len(group)), count):
+                name = f"{split}-{index:05d}-of-{n:05d}.tfrecord"
+                plan.append(Shard(name, split, [group[j] for j in chunk]))
+                index += 1
     return plan
 
 
@@ -256,6 +281,7 @@ def _write_shards(pending, source, options, output_dir, workers, progress) -> No
                 "count": sum(counts.values()),
                 "class_counts": {str(k): v for k, v in sorted(counts.items())},
                 "sha256": _sha256(f"{path}.tmp"),
+                "bytes": tf.io.gfile.stat(f"{path}.tmp").length,
                 "rejects": rejects,
             }
             _write_text(os.path.join(output_dir, PARTS, f"{shard.name}.json"), json.dumps(part))
@@ -385,7 +411,13 @@ def _manifest(source, options, parts, rejects, seen) -> dict:
         info["count"] += part["count"]
         info["class_counts"].update(part["class_counts"])
         info["shards"].append(
-            {"name": part["name"], "count": part["count"], "sha256": part["sha256"]}
+            {
+                "name": part["name"],
+                "count": part["count"],
+                "bytes": part["bytes"],
+                "sha256": part["sha256"],
+                "class_counts": part["class_counts"],
+            }
         )
     for info in split_info.values():
         info["class_counts"] = {
