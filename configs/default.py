@@ -47,7 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment.fill_value = 128  # tensorflow/tpu autoaugment.py replace value
 
     config.balance = ml_collections.ConfigDict()
-    config.balance.target = "natural"  # see effdr_tf/pipeline/balance.py
+    config.balance.target = "natural"  # see effdr_tf/pipeline/balance.py; "explicit": shares
+    config.balance.shares = ml_collections.config_dict.placeholder(tuple)
     config.balance.multipliers = ml_collections.config_dict.placeholder(tuple)
     config.balance.final_target = ml_collections.config_dict.placeholder(str)
     config.balance.transition_examples = 0

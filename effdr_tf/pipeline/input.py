@@ -353,6 +353,12 @@ def make_dataset(
     if batch_size is None:
         batch_size = config.data.batch_size if training else config.data.eval_batch_size
     if input_context is not None:
+        replicas = input_context.num_replicas_in_sync
+        if batch_size % replicas:
+            raise EffdrError(
+                f"batch size {batch_size} does not divide across {replicas} replicas; "
+                "choose a multiple"
+            )
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     seed = int(config.seed) + 7919 * (input_context.input_pipeline_id if input_context else 0)
 
@@ -361,12 +367,16 @@ def make_dataset(
         counts = [
             manifest["splits"][split]["class_counts"].get(str(c), 0) for c in range(num_classes)
         ]
-        start = balance.target_shares(counts, config.balance.target, config.balance.multipliers)
-        end = None
-        if config.balance.final_target:
-            end = balance.target_shares(
-                counts, config.balance.final_target, config.balance.multipliers
-            )
+
+        def shares_for(target):
+            if target == "explicit":
+                if not config.balance.shares:
+                    raise EffdrError("balance.target=explicit needs balance.shares")
+                target = list(config.balance.shares)
+            return balance.target_shares(counts, target, config.balance.multipliers)
+
+        start = shares_for(config.balance.target)
+        end = shares_for(config.balance.final_target) if config.balance.final_target else None
         shares = balance.schedule(start, end, config.balance.transition_examples)
         streams = class_streams(shards, num_classes, input_context, config, seed)
         records = balance.mix(streams, shares, seed)
