@@ -42,7 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.augment.num_layers = 2  # N (tensorflow/tpu default)
     config.augment.magnitude = 10.0  # M (tensorflow/tpu default; B5 recipe 17, B7 28)
     config.augment.magnitude_std = 0.0
-    config.augment.weights = "reference"  # "uniform" (with Identity), "thesis", or {op: w}
+    config.augment.weights = "reference"  # "uniform" (with Identity) or "thesis"
+    config.augment.custom_weights = ml_collections.config_dict.placeholder(dict)  # {op: weight}
     config.augment.max_magnitude = 30.0
     config.augment.fill_value = 128  # tensorflow/tpu autoaugment.py replace value
 

@@ -1,8 +1,8 @@
 """tf.data input pipelines over the builder's shards (DESIGN.md contract), local or gs://.
 
 Training: per-class record streams (class-pure shards, see ``balance``) mixed to the target
-shares -> shuffle -> per-example stateless seed -> decode the crop window only -> one warp for
-crop, resize, flip and RandAugment's geometric ops -> photometric ops -> batch (dropping the
+shares -> shuffle -> per-example stateless seed -> decode the crop window only -> one resampling
+for resize, flip and RandAugment's geometric ops -> photometric ops -> batch (dropping the
 remainder) -> prefetch.
 
 Evaluation: the split's shards in order -> decode -> centre crop -> resize -> batch (keeping the
@@ -174,14 +174,13 @@ def _normalize(image, normalization: str):
 def train_example(encoded, seed, *, size, crop, flip, augmenter, normalization):
     """One training image, float32 [size, size, 3]."""
     seeds = tf.random.experimental.stateless_split(seed, 3)
-    window, h, w = _decode_crop_window(encoded, seeds[0], crop)
+    window, _, _ = _decode_crop_window(encoded, seeds[0], crop)
     do_flip = flip & (tf.random.stateless_uniform([], seeds[1]) < 0.5)
-    matrix = randaugment.crop_resize_matrix(0, 0, h, w, size, do_flip)
     if augmenter is None:
-        out = randaugment.to_uint8(randaugment.warp(window, matrix, size, size))
+        out = randaugment.quantize(randaugment.shifted_resize(window, (size, size), do_flip))
     else:
-        out = augmenter(window, seeds[2], base_matrix=matrix, out_size=(size, size))
-    image = tf.ensure_shape(tf.cast(out, tf.float32), [size, size, 3])
+        out = augmenter(window, seeds[2], flip=do_flip, out_size=(size, size))
+    image = tf.ensure_shape(out, [size, size, 3])
     return _normalize(image, normalization)
 
 
@@ -255,7 +254,7 @@ def _augmenter(config):
         num_layers=config.augment.num_layers,
         magnitude=config.augment.magnitude,
         magnitude_std=config.augment.magnitude_std,
-        weights=config.augment.weights,
+        weights=dict(config.augment.custom_weights or {}) or config.augment.weights,
         max_magnitude=config.augment.max_magnitude,
         fill_value=config.augment.fill_value,
     )

@@ -130,15 +130,17 @@ def translate_matrix(dx, dy):
     return _matrix(1, 0, dx, 0, 1, dy)
 
 
-def crop_resize_matrix(offset_y, offset_x, crop_h, crop_w, size, flip):
-    """Output ``size`` x ``size`` pixels to the crop window, corners aligned, optional flip."""
-    s = tf.cast(size - 1, tf.float32)
-    sx = tf.cast(crop_w - 1, tf.float32) / tf.maximum(s, 1.0)
-    sy = tf.cast(crop_h - 1, tf.float32) / tf.maximum(s, 1.0)
+def crop_resize_matrix(offset_y, offset_x, crop_h, crop_w, out_size, flip):
+    """Output pixels (``out_size`` = (height, width)) to the crop window, corners aligned,
+    optionally mirrored left-right."""
+    out_h = tf.cast(out_size[0] - 1, tf.float32)
+    out_w = tf.cast(out_size[1] - 1, tf.float32)
+    sx = tf.cast(crop_w - 1, tf.float32) / tf.maximum(out_w, 1.0)
+    sy = tf.cast(crop_h - 1, tf.float32) / tf.maximum(out_h, 1.0)
     ox, oy = tf.cast(offset_x, tf.float32), tf.cast(offset_y, tf.float32)
     m = _matrix(sx, 0, ox, 0, sy, oy)
-    flip_m = _matrix(-1, 0, s, 0, 1, 0)
-    return tf.cond(flip, lambda: m @ flip_m, lambda: m)
+    flip_m = _matrix(-1, 0, out_w, 0, 1, 0)
+    return tf.cond(tf.convert_to_tensor(flip), lambda: m @ flip_m, lambda: m)
 
 
 def warp(image, matrix, out_h, out_w, fill_value=FILL_VALUE):
@@ -157,106 +159,120 @@ def warp(image, matrix, out_h, out_w, fill_value=FILL_VALUE):
     return out[0]
 
 
+def quantize(image):
+    """Float pixels to the integer grid of uint8 (as float32): round and clip."""
+    return tf.clip_by_value(tf.round(image), 0.0, 255.0)
+
+
 def to_uint8(image):
-    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    return tf.cast(quantize(image), tf.uint8)
 
 
 # --------------------------------------------------------------------------------------------
-# Photometric operations on uint8 images (PIL semantics)
+# Photometric operations with PIL semantics, on float32 images holding integer values 0..255.
+# Written as plain arithmetic with scalar parameters where possible: in TensorFlow's CPU kernels,
+# tf.where, gathers and broadcasts over the channel axis cost several times a scalar op; per-
+# channel work is done on rows of W x 3 values, and luma with a 1x1 convolution.
+
+# PIL's RGB -> L weights in 16-bit fixed point, as a 1x1 convolution writing luma to all three
+# channels (a convolution avoids TensorFlow's slow broadcasting over the channel axis).
+_LUMA3 = tf.tile(tf.constant([19595.0, 38470.0, 7471.0])[:, tf.newaxis], [1, 3])[
+    tf.newaxis, tf.newaxis
+]
 
 
-def _blend(degenerate, image, factor):
-    """degenerate + factor * (image - degenerate), clipped, truncated to uint8 as PIL does."""
-    d = tf.cast(degenerate, tf.float32)
-    out = d + tf.cast(factor, tf.float32) * (tf.cast(image, tf.float32) - d)
-    return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
+def _truncate(values):
+    """PIL's blend result: clipped to 0..255 and truncated."""
+    return tf.floor(tf.clip_by_value(values, 0.0, 255.0))
 
 
-def _grayscale(image):
-    """PIL's RGB -> L: (299 R + 587 G + 114 B) / 1000 in 16-bit fixed point, rounded."""
-    x = tf.cast(image, tf.int32)
-    luma = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) // 65536
-    return tf.cast(luma, tf.uint8)
+def _channelwise(image, scale, offset):
+    """image * scale + offset per channel. Viewed as rows of W x 3 values, the per-channel
+    vectors tile along the contiguous axis, which TensorFlow broadcasts fast."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    rows = tf.reshape(image, [h, w * 3])
+    return tf.reshape(rows * tf.tile(scale, [w]) + tf.tile(offset, [w]), tf.shape(image))
 
 
-def autocontrast(image):
-    x = tf.cast(image, tf.float32)
-    lo = tf.reduce_min(x, axis=[0, 1])
-    hi = tf.reduce_max(x, axis=[0, 1])
-    scale = 255.0 / tf.maximum(hi - lo, 1.0)
-    out = tf.floor((x - lo) * scale)
-    out = tf.where(hi > lo, out, x)
-    return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
+def _channel_extremes(image):
+    """Per-channel (min, max): rows first (contiguous), then the W x 3 remainder."""
+    w = tf.shape(image)[1]
+    rows = tf.reshape(image, [tf.shape(image)[0], w * 3])
+    lo = tf.reduce_min(tf.reshape(tf.reduce_min(rows, axis=0), [w, 3]), axis=0)
+    hi = tf.reduce_max(tf.reshape(tf.reduce_max(rows, axis=0), [w, 3]), axis=0)
+    return lo, hi
 
 
-def _equalize_channel(channel):
-    values = tf.reshape(tf.cast(channel, tf.int32), [-1])
-    hist = tf.math.bincount(values, minlength=256, maxlength=256)
-    nonzero = tf.boolean_mask(hist, hist > 0)
-    step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
-    safe_step = tf.maximum(step, 1)
-    lut = (tf.cumsum(hist, exclusive=True) + safe_step // 2) // safe_step
-    lut = tf.clip_by_value(lut, 0, 255)
-    return tf.cond(
-        step > 0,
-        lambda: tf.cast(tf.gather(lut, values), tf.uint8),
-        lambda: tf.reshape(tf.cast(channel, tf.uint8), [-1]),
-    )
-
-
-def equalize(image):
-    shape = tf.shape(image)
-    channels = [_equalize_channel(image[..., c]) for c in range(3)]
-    return tf.reshape(tf.stack(channels, axis=-1), shape)
+def grayscale3(image):
+    """PIL's luma in each of three channels; exact (integer sums stay below 2**24)."""
+    weighted = tf.nn.conv2d(image[tf.newaxis], _LUMA3, 1, "VALID")[0]
+    return tf.floor((weighted + 32768.0) / 65536.0)
 
 
 def invert(image):
-    return 255 - image
+    return 255.0 - image
 
 
 def posterize(image, bits):
-    shift = 8 - tf.clip_by_value(tf.cast(bits, tf.int32), 0, 8)
-    step = tf.bitwise.left_shift(1, shift)
-    x = tf.cast(image, tf.int32)
-    return tf.cast(x // step * step, tf.uint8)
+    step = tf.cast(tf.bitwise.left_shift(1, 8 - bits), tf.float32)
+    return tf.floor(image / step) * step
 
 
 def solarize(image, threshold):
-    x = tf.cast(image, tf.int32)
-    return tf.cast(tf.where(x >= tf.cast(threshold, tf.int32), 255 - x, x), tf.uint8)
+    above = tf.cast(image >= tf.cast(threshold, tf.float32), tf.float32)
+    return image + (255.0 - 2.0 * image) * above
 
 
-def solarize_add(image, addition, threshold=128):
-    x = tf.cast(image, tf.int32)
-    added = tf.clip_by_value(x + tf.cast(addition, tf.int32), 0, 255)
-    return tf.cast(tf.where(x < threshold, added, x), tf.uint8)
-
-
-def color(image, factor):
-    gray = tf.repeat(_grayscale(image)[..., tf.newaxis], 3, axis=-1)
-    return _blend(gray, image, factor)
-
-
-def contrast(image, factor):
-    mean = tf.floor(tf.reduce_mean(tf.cast(_grayscale(image), tf.float32)) + 0.5)
-    return _blend(tf.fill(tf.shape(image), mean), image, factor)
+def solarize_add(image, addition, threshold=128.0):
+    added = tf.minimum(image + tf.cast(addition, tf.float32), 255.0)
+    return image + (added - image) * tf.cast(image < threshold, tf.float32)
 
 
 def brightness(image, factor):
-    return _blend(tf.zeros_like(image), image, factor)
+    return _truncate(factor * image)
+
+
+def contrast(image, factor):
+    mean = tf.floor(tf.reduce_mean(grayscale3(image)) + 0.5)
+    return _truncate(mean + factor * (image - mean))
+
+
+def color(image, factor):
+    gray = grayscale3(image)
+    return _truncate(gray + factor * (image - gray))
+
+
+def autocontrast(image):
+    lo, hi = _channel_extremes(image)
+    stretch = hi > lo
+    scale = tf.where(stretch, 255.0 / tf.maximum(hi - lo, 1.0), 1.0)
+    offset = tf.where(stretch, -lo * scale, 0.0)  # PIL: int(x * scale + offset)
+    return _truncate(_channelwise(image, scale, offset))
+
+
+def equalize(image):
+    """PIL ImageOps.equalize per channel: step = (N - count of the top level) // 255."""
+    offsets = _channelwise(image, tf.ones([3]), tf.constant([0.0, 256.0, 512.0]))
+    indices = tf.reshape(tf.cast(offsets, tf.int32), [-1])
+    hist = tf.reshape(tf.math.bincount(indices, minlength=768, maxlength=768), [3, 256])
+    levels = tf.range(256)[tf.newaxis]
+    top = tf.reduce_max(tf.where(hist > 0, levels, 0), axis=1, keepdims=True)
+    step = (tf.reduce_sum(hist, axis=1, keepdims=True) - tf.gather(hist, top, batch_dims=1)) // 255
+    safe = tf.maximum(step, 1)
+    table = tf.minimum((tf.cumsum(hist, axis=1, exclusive=True) + safe // 2) // safe, 255)
+    table = tf.where(step > 0, table, levels)  # PIL leaves such a channel unchanged
+    out = tf.gather(tf.cast(tf.reshape(table, [-1]), tf.float32), indices)
+    return tf.reshape(out, tf.shape(image))
 
 
 def sharpness(image, factor):
-    """Blend with PIL's SMOOTH filter (3x3, centre 5, /13); the 1-px border is kept."""
-    x = tf.cast(image, tf.float32)[tf.newaxis]
-    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
-    kernel = tf.tile(kernel[:, :, tf.newaxis, tf.newaxis], [1, 1, 3, 1])
-    smooth = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID")[0]
-    smooth = tf.pad(tf.round(smooth), [[1, 1], [1, 1], [0, 0]])
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    inner = tf.pad(tf.ones([h - 2, w - 2, 3], tf.bool), [[1, 1], [1, 1], [0, 0]])
-    degenerate = tf.where(inner, smooth, x[0])
-    return _blend(degenerate, image, factor)
+    """Blend with PIL's SMOOTH filter (3x3 ones, centre 5, / 13); the 1-px border is kept."""
+    rows = image[:-2] + image[1:-1] + image[2:]
+    box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+    inner = image[1:-1, 1:-1]
+    smooth = tf.round((box + 4.0 * inner) / 13.0)
+    degenerate = image + tf.pad(smooth - inner, [[1, 1], [1, 1], [0, 0]])
+    return _truncate(degenerate + factor * (image - degenerate))
 
 
 def cutout(image, half_size, seed, fill_value=FILL_VALUE):
@@ -266,9 +282,12 @@ def cutout(image, half_size, seed, fill_value=FILL_VALUE):
     cy = tf.cast(centre[0] * tf.cast(h, tf.float32), tf.int32)
     cx = tf.cast(centre[1] * tf.cast(w, tf.float32), tf.int32)
     half = tf.cast(half_size, tf.int32)
-    ys, xs = tf.range(h)[:, tf.newaxis], tf.range(w)[tf.newaxis, :]
-    inside = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)
-    return tf.where(inside[..., tf.newaxis], tf.cast(fill_value, image.dtype), image)
+    y0, y1 = tf.clip_by_value(cy - half, 0, h), tf.clip_by_value(cy + half, 0, h)
+    x0, x1 = tf.clip_by_value(cx - half, 0, w), tf.clip_by_value(cx + half, 0, w)
+    band = image[y0:y1]
+    patch = tf.fill([y1 - y0, x1 - x0, 3], tf.cast(fill_value, image.dtype))
+    band = tf.concat([band[:, :x0], patch, band[:, x1:]], axis=1)
+    return tf.concat([image[:y0], band, image[y1:]], axis=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,18 +342,19 @@ def geometric_matrix(op_index, params, height, width):
 
 def photometric(image, op_index, params, seed, fill_value=FILL_VALUE):
     """Applies op ``op_index`` if it is photometric (or Cutout); geometric ops pass through."""
+    f = params["factor"]
     table = {
         "AutoContrast": lambda: autocontrast(image),
         "Equalize": lambda: equalize(image),
         "Invert": lambda: invert(image),
         "Posterize": lambda: posterize(image, params["bits"]),
         "Solarize": lambda: solarize(image, params["threshold"]),
-        "Color": lambda: color(image, params["factor"]),
-        "Contrast": lambda: contrast(image, params["factor"]),
-        "Brightness": lambda: brightness(image, params["factor"]),
-        "Sharpness": lambda: sharpness(image, params["factor"]),
-        "Cutout": lambda: cutout(image, params["cutout_half"], seed, fill_value),
         "SolarizeAdd": lambda: solarize_add(image, params["addition"]),
+        "Brightness": lambda: brightness(image, f),
+        "Contrast": lambda: contrast(image, f),
+        "Color": lambda: color(image, f),
+        "Sharpness": lambda: sharpness(image, f),
+        "Cutout": lambda: cutout(image, params["cutout_half"], seed, fill_value),
     }
     branches = [table.get(op, lambda: image) for op in OPS]
     return tf.switch_case(op_index, branches)
@@ -384,44 +404,104 @@ class RandAugment:
         signs = tf.where(tf.random.stateless_uniform([self.num_layers], seeds[2]) < 0.5, -1.0, 1.0)
         return tf.cast(ops, tf.int32), magnitudes, signs
 
-    def __call__(self, image, seed, base_matrix=None, out_size=None):
-        """Augments one image.
+    def __call__(self, image, seed, flip=False, out_size=None):
+        """Augments one image: resize (and flip), geometric ops, photometric ops.
+
+        The resize, flip and geometric ops are one resampling, by the cheapest route the draw
+        allows: ``ResizeBilinear`` when no geometric op was drawn, ``CropAndResize`` with a
+        shifted box when only translations were, and ``ImageProjectiveTransformV3`` when a
+        rotation or shear was (about 20x the cost of a resize on CPU). All three sample with
+        corners aligned, so they agree where they overlap.
 
         Args:
-            image: HWC uint8 (or float in [0, 255]) source image.
+            image: HWC uint8 or float in [0, 255]: the (crop window of the) source image.
             seed: int32/int64 [2] stateless seed.
-            base_matrix: output-to-source map applied before the ops (the crop, resize and
-                flip); identity when None.
+            flip: bool scalar: mirror left-right.
             out_size: (height, width) of the result; the source size when None.
 
         Returns:
-            HWC uint8 augmented image.
+            HWC float32 augmented image with integer values in [0, 255].
         """
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
         ops, magnitudes, signs = self.draw(seeds[0])
         op_seeds = tf.random.experimental.stateless_split(seeds[1], self.num_layers)
-        if out_size is None:
-            out_h, out_w = tf.shape(image)[0], tf.shape(image)[1]
-        else:
-            out_h, out_w = out_size
-        matrix = tf.eye(3) if base_matrix is None else base_matrix
+        in_h, in_w = tf.shape(image)[0], tf.shape(image)[1]
+        out_h, out_w = (in_h, in_w) if out_size is None else out_size
+        flip = tf.convert_to_tensor(flip)
         params = [
             op_parameters(magnitudes[k], signs[k], out_h, out_w) for k in range(self.num_layers)
         ]
-        for k in range(self.num_layers):
-            matrix = matrix @ geometric_matrix(ops[k], params[k], out_h, out_w)
-        if base_matrix is not None:
-            out = to_uint8(warp(image, matrix, out_h, out_w, self.fill_value))
-        else:
-            geometric = tf.constant([op in GEOMETRIC for op in OPS])
-            out = tf.cond(
-                tf.reduce_any(tf.gather(geometric, ops)),
-                lambda: to_uint8(warp(image, matrix, out_h, out_w, self.fill_value)),
-                lambda: tf.cast(image, tf.uint8),
+
+        def warped():
+            matrix = crop_resize_matrix(0, 0, in_h, in_w, (out_h, out_w), flip)
+            for k in range(self.num_layers):
+                matrix = matrix @ geometric_matrix(ops[k], params[k], out_h, out_w)
+            return warp(image, matrix, out_h, out_w, self.fill_value)
+
+        def translated():
+            dx = tf.add_n(
+                [
+                    tf.where(
+                        tf.equal(ops[k], OPS.index("TranslateX")), params[k]["translate_x"], 0.0
+                    )
+                    for k in range(self.num_layers)
+                ]
             )
+            dy = tf.add_n(
+                [
+                    tf.where(
+                        tf.equal(ops[k], OPS.index("TranslateY")), params[k]["translate_y"], 0.0
+                    )
+                    for k in range(self.num_layers)
+                ]
+            )
+            return shifted_resize(image, (out_h, out_w), flip, dx, dy, self.fill_value)
+
+        def resized():
+            return shifted_resize(image, (out_h, out_w), flip, 0.0, 0.0, self.fill_value)
+
+        kinds = tf.constant(
+            [
+                2 if op in ("Rotate", "ShearX", "ShearY") else 1 if op in GEOMETRIC else 0
+                for op in OPS
+            ]
+        )
+        out = tf.switch_case(tf.reduce_max(tf.gather(kinds, ops)), [resized, translated, warped])
+        out = quantize(out)
         for k in range(self.num_layers):
             out = photometric(out, ops[k], params[k], op_seeds[k], self.fill_value)
         return out
+
+
+def shifted_resize(image, out_size, flip, dx=0.0, dy=0.0, fill_value=FILL_VALUE):
+    """Resize to ``out_size`` (corners aligned), optionally mirrored, with the output shifted by
+    (dx, dy) output pixels as TranslateX/Y do; uncovered areas get ``fill_value``."""
+    out_h, out_w = out_size
+    image = tf.cast(image, tf.float32)
+
+    def plain():
+        out = tf.raw_ops.ResizeBilinear(
+            images=image[tf.newaxis],
+            size=tf.stack([out_h, out_w]),
+            align_corners=True,
+            half_pixel_centers=False,
+        )[0]
+        return tf.cond(flip, lambda: tf.reverse(out, [1]), lambda: out)
+
+    def shifted():
+        sx = dx / tf.cast(tf.maximum(out_w - 1, 1), tf.float32)
+        sy = dy / tf.cast(tf.maximum(out_h - 1, 1), tf.float32)
+        x1, x2 = tf.cond(flip, lambda: (1.0 - sx, -sx), lambda: (sx, 1.0 + sx))
+        box = tf.stack([sy, x1, 1.0 + sy, x2])[tf.newaxis]
+        return tf.image.crop_and_resize(
+            image[tf.newaxis],
+            box,
+            [0],
+            tf.stack([out_h, out_w]),
+            extrapolation_value=float(fill_value),
+        )[0]
+
+    return tf.cond(tf.logical_and(tf.equal(dx, 0.0), tf.equal(dy, 0.0)), plain, shifted)
 
 
 class RandAugmentLayer(keras.layers.Layer):
@@ -461,19 +541,18 @@ class RandAugmentLayer(keras.layers.Layer):
             return tf.cast(images, tf.float32)
         base = tf.cast(self.seed_generator.next(), tf.int64)
         seeds = tf.random.experimental.stateless_split(base, tf.shape(images)[0])
-        out = tf.map_fn(
+        return tf.map_fn(
             lambda args: self.augment(args[0], args[1]),
-            (tf.cast(tf.clip_by_value(tf.round(images), 0, 255), tf.uint8), seeds),
-            fn_output_signature=tf.TensorSpec(images.shape[1:], tf.uint8),
+            (quantize(tf.cast(images, tf.float32)), seeds),
+            fn_output_signature=tf.TensorSpec(images.shape[1:], tf.float32),
         )
-        return tf.cast(out, tf.float32)
 
     def get_config(self):
         return {**super().get_config(), **self.settings, "seed": self.seed}
 
 
 def apply_op(image, op: str, magnitude: float, seed=(0, 0), sign: float = 1.0):
-    """One op at one magnitude on one uint8 image (tests and the reference comparison)."""
+    """One op at one magnitude on one uint8 image, through the same code as RandAugment."""
     image = tf.convert_to_tensor(image)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     params = op_parameters(tf.constant(magnitude, tf.float32), tf.constant(sign), h, w)
@@ -481,4 +560,5 @@ def apply_op(image, op: str, magnitude: float, seed=(0, 0), sign: float = 1.0):
     if op in GEOMETRIC:
         matrix = geometric_matrix(index, params, h, w)
         return to_uint8(warp(image, matrix, h, w))
-    return photometric(image, index, params, tf.constant(seed, tf.int64))
+    out = photometric(tf.cast(image, tf.float32), index, params, tf.constant(seed, tf.int64))
+    return tf.cast(out, tf.uint8)
