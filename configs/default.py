@@ -53,4 +53,100 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.balance.multipliers = ml_collections.config_dict.placeholder(tuple)
     config.balance.final_target = ml_collections.config_dict.placeholder(str)
     config.balance.transition_examples = 0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.num_classes = 0  # 0: the manifest's
+    config.model.weights = ""  # a checkpoint path (any format models.efficientnet reads)
+    config.model.reinit_head = True  # ImageNet heads have 1000 classes
+    config.model.normalization = "auto"  # what the weights expect
+    config.model.dropout_rate = -1.0  # < 0: the variant's (tensorflow/tpu efficientnet_builder)
+    config.model.drop_connect_rate = 0.2  # tensorflow/tpu efficientnet_builder.py
+    config.model.bn_momentum = 0.99  # tensorflow/tpu: batch_norm_momentum 0.99
+    config.model.bn_epsilon = 1e-3  # tensorflow/tpu: batch_norm_epsilon 1e-3
+    # Batch statistics across replicas (the reference's TPU cross-replica BN); with it a
+    # multi-replica step equals a single-device step on the same global batch.
+    config.model.sync_batch_norm = True
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 10
+    config.train.steps_per_epoch = 0  # 0: training examples // global batch
+    config.train.optimizer = "adam"  # rmsprop, adam, sgd
+    config.train.learning_rate = 1e-4
+    config.train.lr_scaling = "none"  # "linear": learning_rate is per 256 images
+    config.train.warmup_epochs = 0.0
+    config.train.schedule = "constant"  # exponential, step, plateau, constant
+    config.train.decay_epochs = 2.0
+    config.train.decay_rate = 0.5
+    config.train.staircase = True
+    config.train.plateau_patience = 2
+    config.train.plateau_factor = 0.5
+    config.train.momentum = 0.9
+    config.train.rho = 0.9
+    config.train.epsilon = 1e-7
+    config.train.rms_starts_at_one = False  # TF1 RMSProp semantics
+    config.train.weight_decay = 0.0  # L2 term weight_decay * sum(w^2) / 2, non-BN weights
+    config.train.label_smoothing = 0.0
+    config.train.class_weights = ml_collections.config_dict.placeholder(tuple)
+    config.train.allow_double_correction = False
+    config.train.ema_decay = 0.0  # 0: off
+    config.train.ema_warmup = True
+    config.train.freeze_bn = False
+    config.train.freeze_backbone_epochs = 0
+    config.train.unfreeze_stages_per_epoch = 0  # after the frozen epochs; 0: all at once
+    config.train.mixed_precision = "auto"  # auto, float32, mixed_float16, mixed_bfloat16
+    config.train.jit_compile = False  # XLA is ~6x slower than plain TF on CPU (benchmarks/)
+    config.train.steps_per_execution = 1
+    config.train.checkpoint_every_steps = 500
+    config.train.keep_checkpoints = 3
+    config.train.checkpoint_input = True  # data position in checkpoints (exact resume)
+    config.train.validation_split = "validation"
+    config.train.best_metric = "kappa"  # kappa, accuracy or loss
+    config.train.log_every_steps = 50
+    config.train.export = True  # model.keras and a SavedModel at the end
+    config.train.deterministic = False  # op determinism + deterministic input: exact resumes
+    return config
+
+
+def paper_imagenet_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The EfficientNet paper's ImageNet recipe (tensorflow/tpu main.py and utils.py)."""
+    t = config.train
+    t.optimizer = "rmsprop"
+    t.rho = 0.9  # RMSProp decay 0.9
+    t.momentum = 0.9
+    t.epsilon = 1e-3  # inside the sqrt, as TF1
+    t.rms_starts_at_one = True  # TF1 RMSProp initialises the mean square at 1
+    t.learning_rate = 0.016  # per 256 images (0.256 at batch 4096)
+    t.lr_scaling = "linear"
+    t.warmup_epochs = 5.0
+    t.schedule = "exponential"
+    t.decay_epochs = 2.4
+    t.decay_rate = 0.97
+    t.staircase = True
+    t.weight_decay = 1e-5  # L2 on non-BN weights
+    t.label_smoothing = 0.1
+    t.ema_decay = 0.9999
+    t.ema_warmup = True
+    t.epochs = 350
+    config.model.weights = ""
+    config.data.train_crop = "reference"
+    config.data.eval_crop_fraction = 224.0 / 256.0
+    return config
+
+
+def thesis_dr_finetune_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The thesis's DR fine-tuning of B5 Noisy-Student (ANCHORS.md)."""
+    t = config.train
+    t.optimizer = "adam"
+    t.learning_rate = 1e-4
+    t.epsilon = 1e-7
+    t.weight_decay = 1e-5  # Adam weight decay 1e-5 (coupled L2, as PyTorch's Adam)
+    t.schedule = "step"
+    t.decay_epochs = 2.0
+    t.decay_rate = 0.5  # lr x0.5 every 2 epochs
+    t.epochs = 40
+    t.ema_decay = 0.0
+    config.data.batch_size = 8
+    config.data.eval_batch_size = 16
+    config.data.train_crop = "fundus"
+    config.data.eval_crop_fraction = 1.0  # shards are already cropped to the fundus disc
     return config

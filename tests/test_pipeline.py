@@ -29,6 +29,7 @@ class TinySource(Source):
     """Small solid-colour PNGs whose colour encodes the label; splits as given."""
 
     counts: dict = dataclasses.field(default_factory=dict)  # split -> per-class counts
+    textured: bool = False  # per-pixel noise around the colour, so training sees texture
     name = "tiny"
     default_preprocess = "none"
 
@@ -44,6 +45,9 @@ class TinySource(Source):
             for label, count in enumerate(per_class):
                 for _ in range(count):
                     pixel = np.full((8, 8, 3), 40 * label + 20, np.uint8)
+                    if self.textured:
+                        noise = np.random.default_rng(n).integers(-25, 26, (32, 32, 3))
+                        pixel = (40 * label + 20 + noise).clip(0, 255).astype(np.uint8)
                     png = cv2.imencode(".png", pixel)[1].tobytes()
                     yield Record(
                         path=f"tiny/{n}",
@@ -56,8 +60,8 @@ class TinySource(Source):
                     n += 1
 
 
-def build_tiny(tmp_path, counts, num_shards=None):
-    source = TinySource(counts=counts)
+def build_tiny(tmp_path, counts, num_shards=None, textured=False):
+    source = TinySource(counts=counts, textured=textured)
     options = builder.BuildOptions(
         image_size=32,
         preprocess="none",

@@ -329,10 +329,20 @@ def test_convert_command_and_its_errors(reference_dir, lite0_pth, tmp_path):
         (not_a_checkpoint, [], "not a checkpoint"),
         (tmp_path / "absent.pth", [], "no such file"),
     ]
-    for path, flags, expected in cases:
+    # One bad file through the command (exit code, one line, no traceback); the others through
+    # the function it calls, which raises the line the command prints.
+    path, flags, expected = cases[0]
+    out = tmp_path / f"{path.stem}.weights.h5"
+    result = run_command("-m", "effdr_tf.models.convert", *flags, str(path), str(out))
+    assert expected in _cli_error(result, path)
+    assert not out.exists()
+    for path, flags, expected in cases[1:]:
         out = tmp_path / f"{path.stem}.weights.h5"
-        result = run_command("-m", "effdr_tf.models.convert", *flags, str(path), str(out))
-        assert expected in _cli_error(result, path)
+        variant = flags[0].split("=")[1] if flags else None
+        with pytest.raises(WeightsError) as error:
+            models.convert(str(path), str(out), variant=variant)
+        assert expected in str(error.value) and str(path) in str(error.value)
+        assert "\n" not in str(error.value)
         assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".weights.h5")) == [
         "lite0.weights.h5"

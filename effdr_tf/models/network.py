@@ -83,6 +83,9 @@ VARIANTS = {
     "lite2": Variant(1.1, 1.2, 260, 0.3, lite=True),
     "lite3": Variant(1.2, 1.4, 280, 0.3, lite=True),
     "lite4": Variant(1.4, 1.8, 300, 0.3, lite=True),
+    # Not a published model: B0's stages with one block each at quarter width (130k
+    # parameters), for tests and smoke runs where B0's build and trace time dominates.
+    "tiny": Variant(0.25, 0.1, 64, 0.1),
 }
 
 
@@ -247,8 +250,10 @@ def normalization_stats(normalization) -> tuple[tuple[float, ...] | None, tuple[
     return mean, std
 
 
-def _batch_norm(name: str, momentum: float, epsilon: float) -> layers.Layer:
-    return layers.BatchNormalization(axis=-1, momentum=momentum, epsilon=epsilon, name=name)
+def _batch_norm(name: str, momentum: float, epsilon: float, synchronized: bool) -> layers.Layer:
+    return layers.BatchNormalization(
+        axis=-1, momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=name
+    )
 
 
 def _mbconv(x, block: Block, *, activation: str, drop_rate: float, bn) -> keras.KerasTensor:
@@ -341,6 +346,7 @@ def build_efficientnet(
     drop_connect_rate: float = 0.2,
     bn_momentum: float = 0.99,
     bn_epsilon: float = 1e-3,
+    bn_synchronized: bool = False,
     classifier_activation: str | None = None,
     name: str | None = None,
 ) -> keras.Model:
@@ -359,6 +365,8 @@ def build_efficientnet(
         drop_connect_rate: stochastic-depth rate of the last block; it rises linearly from 0.
         bn_momentum: batch-norm moving-average momentum (Keras convention; 0.99 = TF reference).
         bn_epsilon: batch-norm epsilon (1e-3 in the reference).
+        bn_synchronized: batch statistics over all replicas (cross-replica batch norm, as the
+            reference's TPU training); only matters under a multi-replica strategy.
         classifier_activation: ``None`` returns logits; ``"softmax"`` probabilities.
         name: model name; defaults to ``efficientnet-<variant>``.
 
@@ -372,7 +380,7 @@ def build_efficientnet(
     dropout_rate = arch.dropout if dropout_rate is None else dropout_rate
 
     def bn(layer_name):
-        return _batch_norm(layer_name, bn_momentum, bn_epsilon)
+        return _batch_norm(layer_name, bn_momentum, bn_epsilon, bn_synchronized)
 
     inputs = keras.Input(shape=shape, name="image")
     x = inputs

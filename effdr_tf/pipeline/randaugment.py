@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 OPS = (
@@ -179,9 +180,9 @@ def to_uint8(image):
 
 # PIL's RGB -> L weights in 16-bit fixed point, as a 1x1 convolution writing luma to all three
 # channels (a convolution avoids TensorFlow's slow broadcasting over the channel axis).
-_LUMA3 = tf.tile(tf.constant([19595.0, 38470.0, 7471.0])[:, tf.newaxis], [1, 3])[
-    tf.newaxis, tf.newaxis
-]
+# NumPy, not a tensor: an eager tensor at import would start the TF context before a
+# MultiWorkerMirroredStrategy can configure collective ops.
+_LUMA3 = np.tile(np.array([19595.0, 38470.0, 7471.0], np.float32)[:, None], [1, 3])[None, None]
 
 
 def _truncate(values):

@@ -1,0 +1,608 @@
+"""The training loop: a custom step under any tf.distribute strategy, resumable.
+
+A custom loop rather than ``model.fit``: ``fit`` under MultiWorkerMirroredStrategy fails in
+Keras 3 (keras-team/keras#20585), and the loop needs things ``fit`` keeps out of reach: an EMA
+over batch-norm statistics with the warm-up ramp, the input position in checkpoints, stepwise
+NaN guards and trainability that changes between epochs.
+
+Layout of model_dir:
+
+    config.json         the resolved config, written before step 0
+    checkpoints/        model, optimizer, EMA, step, input position (resume point)
+    best.weights.h5     the weights with the best validation metric (EMA weights if EMA is on)
+    train/ eval/        TensorBoard
+    log.csv             one row per epoch
+    export/             model.keras and saved_model/ at the end
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from effdr_tf import constants, models
+from effdr_tf.errors import EffdrError
+from effdr_tf.evaluation import metrics
+from effdr_tf.pipeline import balance
+from effdr_tf.pipeline import input as pipeline
+from effdr_tf.training import distribute, recipes
+from effdr_tf.training.monitor import Monitor
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(EffdrError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything derived from the config before any model is built."""
+
+    num_classes: int
+    image_size: int
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    train_count: int
+    has_validation: bool
+
+
+def check_config(config, strategy) -> Setup:
+    """Every check that can fail before anything is written."""
+    models.canonical_variant(config.variant)
+    manifest = pipeline.load_manifest(config.data.data_dir)
+    if "train" not in manifest["splits"]:
+        raise EffdrError(f"{config.data.data_dir}: no train split in manifest.json")
+    if not config.train.allow_double_correction:
+        balance.check_single_correction(config.balance.target, config.train.class_weights)
+    num_classes = int(config.model.num_classes or manifest["num_classes"])
+    if config.train.class_weights and len(config.train.class_weights) != num_classes:
+        raise EffdrError(f"train.class_weights: need {num_classes} values")
+    global_batch = int(config.data.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise EffdrError(
+            f"data.batch_size={global_batch} does not divide across {replicas} replicas"
+        )
+    train_count = int(manifest["splits"]["train"]["count"])
+    spe = recipes.steps_per_epoch(train_count, global_batch, config.train.steps_per_epoch)
+    if config.train.best_metric not in ("kappa", "accuracy", "loss"):
+        raise EffdrError(f"train.best_metric={config.train.best_metric!r}: kappa, accuracy, loss")
+    return Setup(
+        num_classes=num_classes,
+        image_size=int(config.data.image_size or manifest["image_size"]),
+        global_batch=global_batch,
+        steps_per_epoch=spe,
+        total_steps=spe * int(config.train.epochs),
+        train_count=train_count,
+        has_validation=config.train.validation_split in manifest["splits"],
+    )
+
+
+def prepare_model_dir(model_dir: str, config, chief: bool) -> None:
+    """Creates model_dir, proves it writable, and records (or checks) the resolved config."""
+    if not model_dir:
+        raise EffdrError("--model_dir is required")
+    resolved = config.to_json_best_effort(indent=1, sort_keys=True)
+    path = os.path.join(model_dir, "config.json")
+    if not chief:
+        return
+    try:
+        tf.io.gfile.makedirs(model_dir)
+        probe = os.path.join(model_dir, ".write_test")
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("x" * 65536)  # a full disk fails here, not after hours of training
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as e:
+        raise EffdrError(f"{model_dir}: cannot write there: {str(e).splitlines()[0]}") from e
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            before = json.load(f)
+        after = json.loads(resolved)
+        if before != after:
+            changed = sorted(_diff_keys(before, after))
+            raise EffdrError(
+                f"{model_dir}: holds a run with another config (differs in "
+                f"{', '.join(changed[:5])}); resume with the same settings or use a new model_dir"
+            )
+        return
+    tmp = f"{path}.tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(resolved + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _diff_keys(a, b, prefix=""):
+    keys = set(a) | set(b) if isinstance(a, dict) and isinstance(b, dict) else set()
+    if not keys:
+        return [prefix.rstrip(".")] if a != b else []
+    out = []
+    for k in keys:
+        out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    return out
+
+
+def build_model(config, setup: Setup) -> keras.Model:
+    dropout = config.model.dropout_rate
+    model = models.efficientnet(
+        config.variant,
+        num_classes=setup.num_classes,
+        input_shape=(setup.image_size, setup.image_size, 3),
+        weights=config.model.weights or None,
+        normalization=config.model.normalization,
+        reinit_head=config.model.reinit_head,
+        dropout_rate=None if dropout is None or dropout < 0 else dropout,
+        drop_connect_rate=config.model.drop_connect_rate,
+        bn_momentum=config.model.bn_momentum,
+        bn_epsilon=config.model.bn_epsilon,
+        bn_synchronized=bool(config.model.sync_batch_norm),
+    )
+    if config.train.freeze_bn:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    return model
+
+
+def trainable_for_epoch(model, config, epoch: int) -> list[str]:
+    """Sets which layers train this epoch; returns the names of the stages that train.
+
+    The backbone stays frozen for ``freeze_backbone_epochs`` (only the head trains); then stages
+    are unfrozen from the top, ``unfreeze_stages_per_epoch`` at a time (0: all at once). Frozen
+    batch norm stays frozen throughout.
+    """
+    frozen_epochs = int(config.train.freeze_backbone_epochs)
+    per_epoch = int(config.train.unfreeze_stages_per_epoch)
+    groups = ["stem"] + [f"block{i}" for i in range(1, 8)] + ["top"]
+    if epoch < frozen_epochs:
+        open_groups = set()
+    elif per_epoch <= 0:
+        open_groups = set(groups)
+    else:
+        count = (epoch - frozen_epochs + 1) * per_epoch
+        open_groups = set(groups[::-1][:count])
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name == "predictions":
+            layer.trainable = True
+            continue
+        group = layer.name.split("_")[0]
+        group = group[:6] if group.startswith("block") else group
+        train_it = group in open_groups
+        if isinstance(layer, keras.layers.BatchNormalization) and config.train.freeze_bn:
+            train_it = False
+        layer.trainable = train_it
+    return sorted(open_groups)
+
+
+class Trainer:
+    """Builds everything for one run and trains it; see ``train``."""
+
+    def __init__(self, config, model_dir: str, strategy: tf.distribute.Strategy, progress=True):
+        self.config = config
+        self.model_dir = model_dir
+        self.strategy = strategy
+        self.progress = progress
+        self.chief = distribute.is_chief(strategy)
+        self.setup = check_config(config, strategy)
+        # Weight initialisation and dropout follow the seed, so two runs of one config start
+        # from the same weights.
+        keras.utils.set_random_seed(int(config.seed))
+        if config.train.deterministic:
+            config.data.deterministic = True
+            tf.config.experimental.enable_op_determinism()
+        prepare_model_dir(model_dir, config, self.chief)
+        self.policy = recipes.set_precision(config.train.mixed_precision, strategy)
+        s = self.setup
+        with strategy.scope():
+            self.model = build_model(config, s)
+            self.schedule = recipes.make_schedule(config.train, s.steps_per_epoch, s.global_batch)
+            optimizer = recipes.make_optimizer(config.train, self.schedule)
+            if self.policy == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            # Built over every weight, so freezing and unfreezing later needs no new slots.
+            self.optimizer.build(self.model.trainable_variables)
+            if config.train.rms_starts_at_one:
+                recipes.start_rms_at_one(self.optimizer)
+            self.ema = (
+                recipes.EMA(self.model, config.train.ema_decay, config.train.ema_warmup)
+                if config.train.ema_decay
+                else None
+            )
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.best = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best")
+            self.plateau_wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
+        self.class_weights = (
+            tf.constant(config.train.class_weights, tf.float32)
+            if config.train.class_weights
+            else None
+        )
+        self.iterator = self._make_iterator(config.seed)
+        tracked = {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "step": self.step,
+            "best": self.best,
+            "plateau_wait": self.plateau_wait,
+            "lr_scale": self.schedule.scale,
+        }
+        if self.ema is not None:
+            tracked["ema"] = self.ema.averages
+        # Dropout and stochastic-depth random states: a resumed run draws the same masks.
+        tracked["rng"] = [v for v in self.model.variables if "seed_generator_state" in v.path]
+        # Iterators over one device are checkpointable; tf.distribute's multi-device iterators
+        # are not, so those runs resume on a stream reshuffled by the step instead.
+        self.input_checkpointed = bool(config.train.checkpoint_input) and isinstance(
+            self.iterator, tf.__internal__.tracking.Trackable
+        )
+        if self.input_checkpointed:
+            tracked["input"] = self.iterator
+        self.checkpoint = tf.train.Checkpoint(**tracked)
+        directory = os.path.join(model_dir, "checkpoints")
+        if not self.chief:  # other workers write to a scratch folder (tf.distribute convention)
+            directory = tempfile.mkdtemp(prefix=f"worker{distribute.worker_id(strategy)}_")
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, directory, max_to_keep=config.train.keep_checkpoints
+        )
+        self.monitor = Monitor(model_dir, self.chief)
+        self._train_fn = None
+        self._open_groups = None
+
+    def _make_iterator(self, seed: int):
+        config = self.config.copy_and_resolve_references()
+        config.seed = int(seed)
+        dataset = self.strategy.distribute_datasets_from_function(
+            lambda ctx: pipeline.make_dataset(config, "train", input_context=ctx)
+        )
+        return iter(dataset)
+
+    # ---------------------------------------------------------------------------------------
+    # The step
+
+    def loss_and_gradients(self, images, labels):
+        """(loss, L2 term, logits, gradients) on one replica's share of the global batch.
+
+        The loss is averaged over the global batch and the L2 term split across replicas, so
+        summing over replicas gives the single-device values.
+        """
+        k = self.setup.num_classes
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.model(images, training=True), tf.float32)
+            per_example = keras.losses.categorical_crossentropy(
+                tf.one_hot(labels, k),
+                logits,
+                from_logits=True,
+                label_smoothing=self.config.train.label_smoothing,
+            )
+            if self.class_weights is not None:
+                per_example *= tf.gather(self.class_weights, labels)
+            loss = tf.nn.compute_average_loss(
+                per_example, global_batch_size=self.setup.global_batch
+            )
+            reg = recipes.l2_loss(self.model, self.config.train.weight_decay)
+            reg = reg / self.strategy.num_replicas_in_sync
+            total = loss + reg
+            scaled = self.optimizer.scale_loss(total) if self.policy == "mixed_float16" else total
+        gradients = tape.gradient(scaled, self.model.trainable_variables)
+        return loss, reg, logits, gradients
+
+    def replica_step(self, images, labels):
+        """One update on one replica; returns (loss, L2 term, confusion matrix)."""
+        loss, reg, logits, gradients = self.loss_and_gradients(images, labels)
+        variables = self.model.trainable_variables
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        confusion = tf.math.confusion_matrix(
+            labels,
+            tf.argmax(logits, -1, output_type=tf.int32),
+            self.setup.num_classes,
+            dtype=tf.int64,
+        )
+        return loss, reg, confusion
+
+    def _make_train_fn(self):
+        step_fn = self.replica_step
+        if self.config.train.jit_compile:
+            step_fn = tf.function(step_fn, jit_compile=True)
+        k = self.setup.num_classes
+
+        @tf.function
+        def train_steps(iterator, n):
+            loss_sum = tf.constant(0.0)
+            reg_sum = tf.constant(0.0)
+            confusion = tf.zeros([k, k], tf.int64)
+            for _ in tf.range(n):
+                images, labels = next(iterator)
+                loss, reg, conf = self.strategy.run(step_fn, args=(images, labels))
+                loss_sum += self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+                reg_sum += self.strategy.reduce(tf.distribute.ReduceOp.SUM, reg, axis=None)
+                confusion += self.strategy.reduce(tf.distribute.ReduceOp.SUM, conf, axis=None)
+                self.step.assign_add(1)
+                if self.ema is not None:
+                    self.ema.update(self.step)
+            n_float = tf.cast(n, tf.float32)
+            return loss_sum / n_float, reg_sum / n_float, confusion
+
+        return train_steps
+
+    # ---------------------------------------------------------------------------------------
+    # Evaluation
+
+    def predict_split(self, split: str):
+        """(labels, probabilities) for every example of ``split``, on every worker."""
+        config = self.config
+        ds = pipeline.make_dataset(config, split, training=False)
+        ds = self.strategy.experimental_distribute_dataset(ds)
+
+        @tf.function
+        def predict(images, labels):
+            def forward(x, y):
+                return tf.nn.softmax(tf.cast(self.model(x, training=False), tf.float32)), y
+
+            return self.strategy.run(forward, args=(images, labels))
+
+        labels, probabilities = [], []
+        for images, batch_labels in ds:
+            probs, ys = predict(images, batch_labels)
+            for p, y in zip(
+                self.strategy.experimental_local_results(probs),
+                self.strategy.experimental_local_results(ys),
+                strict=True,
+            ):
+                probabilities.append(p.numpy())
+                labels.append(y.numpy())
+        return np.concatenate(labels), np.concatenate(probabilities)
+
+    def evaluate(self, split: str) -> dict:
+        """Metrics on ``split`` with the EMA weights when EMA is on."""
+        if self.ema is not None:
+            self.ema.swap()
+        try:
+            labels, probs = self.predict_split(split)
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
+        k = self.setup.num_classes
+        confusion = metrics.confusion_matrix(labels, probs.argmax(1), k)
+        nll = -np.log(np.maximum(probs[np.arange(len(labels)), np.clip(labels, 0, k - 1)], 1e-12))
+        return {
+            "labels": labels,
+            "probabilities": probs,
+            "confusion": confusion,
+            "loss": float(nll.mean()),
+            "accuracy": metrics.accuracy(confusion),
+            "kappa": metrics.quadratic_weighted_kappa(confusion),
+            "recall": metrics.recall_per_class(confusion),
+        }
+
+    # ---------------------------------------------------------------------------------------
+    # Checkpoints and exports
+
+    def restore(self) -> int:
+        latest = self.manager.latest_checkpoint
+        if latest is None and not self.chief:
+            latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+        if latest is None:
+            return 0
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        step = int(self.step.numpy())
+        print(f"resuming from step {step} ({latest})", flush=True)
+        return step
+
+    def save_best(self, value: float) -> bool:
+        higher = self.config.train.best_metric != "loss"
+        best = float(self.best.numpy())
+        if not np.isnan(best) and (value <= best if higher else value >= best):
+            return False
+        self.best.assign(value)
+        if self.chief:
+            self._save_weights(os.path.join(self.model_dir, "best.weights.h5"))
+        return True
+
+    def _save_weights(self, path: str) -> None:
+        if self.ema is not None:
+            self.ema.swap()
+        try:
+            tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
+            self.model.save_weights(tmp)
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
+
+    def export(self) -> None:
+        if not self.chief or not self.config.train.export:
+            return
+        folder = os.path.join(self.model_dir, "export")
+        tf.io.gfile.makedirs(folder)
+        if self.ema is not None:
+            self.ema.swap()
+        try:
+            self.model.save(os.path.join(folder, "model.keras"))
+            self.model.export(os.path.join(folder, "saved_model"), verbose=False)
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
+
+    # ---------------------------------------------------------------------------------------
+    # The run
+
+    def _log_first_batch(self) -> None:
+        if not self.chief:
+            return
+        images, _ = next(iter(pipeline.make_dataset(self.config, "train")))
+        if self.config.data.normalization == "model":
+            self.monitor.images(self.monitor.train, "augmented_inputs", images, 0)
+
+    def _refresh_trainability(self, epoch: int) -> None:
+        groups = trainable_for_epoch(self.model, self.config, epoch)
+        if groups != self._open_groups or self._train_fn is None:
+            self._open_groups = groups
+            self._train_fn = self._make_train_fn()
+            if len(groups) < 9:
+                print(f"epoch {epoch + 1}: training {', '.join(groups) or 'the head only'}")
+
+    def run(self) -> dict:
+        s = self.setup
+        step = self.restore()
+        if step and not self.input_checkpointed:
+            log.info("input position not in checkpoints: continuing on a reshuffled stream")
+            self.iterator = self._make_iterator(int(self.config.seed) + 104729 * step)
+        if step == 0:
+            self.monitor.hparams(_flat(self.config.to_dict()))
+            self._log_first_batch()
+        history = {}
+        last_saved = step
+        while step < s.total_steps:
+            epoch = step // s.steps_per_epoch
+            self._refresh_trainability(epoch)
+            epoch_end = (epoch + 1) * s.steps_per_epoch
+            bar = keras.utils.Progbar(
+                s.steps_per_epoch,
+                verbose=1 if self.progress else 0,
+                stateful_metrics=["loss", "accuracy", "kappa", "lr"],
+            )
+            confusion = np.zeros((s.num_classes, s.num_classes), np.int64)
+            losses = []
+            started = time.perf_counter()
+            epoch_start_step = step
+            print(f"epoch {epoch + 1}/{self.config.train.epochs}", flush=True)
+            while step < epoch_end:
+                n = min(int(self.config.train.steps_per_execution), epoch_end - step)
+                t0 = time.perf_counter()
+                loss, reg, conf = self._train_fn(self.iterator, tf.constant(n))
+                loss = float(loss.numpy())
+                step = int(self.step.numpy())
+                if not np.isfinite(loss):
+                    good = self.manager.latest_checkpoint or "none"
+                    raise TrainingDivergedError(
+                        f"loss became {loss} at step {step}; stopped without saving (last good "
+                        f"checkpoint: {good}); lower the learning rate or check the data"
+                    )
+                losses.append(loss)
+                confusion += conf.numpy()
+                seconds = time.perf_counter() - t0
+                lr = float(self.schedule(step))
+                bar.update(
+                    step - epoch * s.steps_per_epoch,
+                    [
+                        ("loss", loss),
+                        ("accuracy", metrics.accuracy(confusion)),
+                        ("kappa", metrics.quadratic_weighted_kappa(confusion)),
+                        ("lr", lr),
+                    ],
+                )
+                if step % max(1, self.config.train.log_every_steps) < n or step == epoch_end:
+                    self.monitor.scalars(
+                        self.monitor.train,
+                        {
+                            "loss": loss,
+                            "l2_loss": float(reg.numpy()),
+                            "learning_rate": lr,
+                            "steps_per_second": n / seconds,
+                            "images_per_second": n * s.global_batch / seconds,
+                        },
+                        step,
+                    )
+                if step - last_saved >= self.config.train.checkpoint_every_steps:
+                    self.manager.save(checkpoint_number=step)
+                    last_saved = step
+            elapsed = time.perf_counter() - started
+            train_metrics = {
+                "train_loss": float(np.mean(losses)),
+                "train_accuracy": metrics.accuracy(confusion),
+                "train_kappa": metrics.quadratic_weighted_kappa(confusion),
+            }
+            for c, recall in enumerate(metrics.recall_per_class(confusion)):
+                train_metrics[f"train_recall_{c}"] = float(recall)
+            self.monitor.scalars(
+                self.monitor.train,
+                {k.removeprefix("train_"): v for k, v in train_metrics.items()},
+                step,
+            )
+            row = {
+                "epoch": epoch + 1,
+                "step": step,
+                "learning_rate": float(self.schedule(step)),
+                "images_per_second": (step - epoch_start_step) * s.global_batch / elapsed,
+                **train_metrics,
+            }
+            if s.has_validation:
+                row.update(self._validate(step))
+            self.manager.save(checkpoint_number=step)
+            last_saved = step
+            self.monitor.csv_row(row)
+            self.monitor.flush()
+            history = row
+            summary = " ".join(
+                f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float) and "recall" not in k
+            )
+            print(f"epoch {epoch + 1}: {summary}", flush=True)
+        if s.total_steps and not s.has_validation and self.chief:
+            self._save_weights(os.path.join(self.model_dir, "best.weights.h5"))
+        self.export()
+        self.monitor.flush()
+        return history
+
+    def _validate(self, step: int) -> dict:
+        result = self.evaluate(self.config.train.validation_split)
+        names = (
+            constants.DR_GRADES
+            if self.setup.num_classes == 5
+            else [str(c) for c in range(self.setup.num_classes)]
+        )
+        values = {k: result[k] for k in ("loss", "accuracy", "kappa")}
+        for c, recall in enumerate(result["recall"]):
+            values[f"recall_{c}"] = float(recall)
+        self.monitor.scalars(self.monitor.eval, values, step)
+        self.monitor.confusion(result["confusion"], step, names)
+        self.monitor.pr_curves(result["labels"], result["probabilities"], step, names)
+        metric = result[self.config.train.best_metric]
+        improved = self.save_best(metric)
+        if self.config.train.schedule == "plateau":
+            self.plateau_wait.assign(0 if improved else self.plateau_wait + 1)
+            if int(self.plateau_wait.numpy()) >= self.config.train.plateau_patience:
+                self.schedule.scale.assign(self.schedule.scale * self.config.train.plateau_factor)
+                self.plateau_wait.assign(0)
+                print(
+                    f"validation {self.config.train.best_metric} did not improve: learning "
+                    f"rate x{self.config.train.plateau_factor}"
+                )
+        return {f"val_{k}": v for k, v in values.items()}
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def train(
+    config,
+    model_dir: str,
+    *,
+    strategy: str = "default",
+    tpu: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Trains (or resumes training) per ``config`` into ``model_dir``; returns the last
+    epoch's metrics."""
+    strategy_obj = distribute.make_strategy(strategy, tpu)
+    try:
+        return Trainer(config, model_dir, strategy_obj, progress=progress).run()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

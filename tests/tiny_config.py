@@ -1,0 +1,26 @@
+"""A config small enough to train in seconds on CPU: the tiny variant on 32-px images."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
+
+import default  # noqa: E402
+
+
+def get_config(arg=None):
+    config = default.get_config(arg or "tiny")
+    config.data.batch_size = 8
+    config.data.eval_batch_size = 16
+    config.data.train_crop = "none"
+    config.data.eval_crop_fraction = 1.0
+    config.data.shuffle_buffer = 64
+    config.augment.name = "none"
+    config.train.epochs = 2
+    config.train.steps_per_epoch = 4
+    config.train.learning_rate = 1e-3
+    config.train.ema_decay = 0.99
+    config.train.checkpoint_every_steps = 2
+    config.train.log_every_steps = 1
+    config.train.export = False
+    return config
