@@ -339,7 +339,7 @@ def test_convert_command_and_its_errors(reference_dir, lite0_pth, tmp_path):
     for path, flags, expected in cases[1:]:
         out = tmp_path / f"{path.stem}.weights.h5"
         variant = flags[0].split("=")[1] if flags else None
-        with pytest.raises(WeightsError) as error:
+        with pytest.raises(EffdrError) as error:
             models.convert(str(path), str(out), variant=variant)
         assert expected in str(error.value) and str(path) in str(error.value)
         assert "\n" not in str(error.value)

@@ -425,13 +425,20 @@ class Trainer:
             return
         folder = os.path.join(self.model_dir, "export")
         tf.io.gfile.makedirs(folder)
-        if self.ema is not None:
+        # The export holds the best weights (already EMA weights when EMA is on); without a
+        # validation split, the final ones.
+        kept = self.model.get_weights()
+        best = os.path.join(self.model_dir, "best.weights.h5")
+        if tf.io.gfile.exists(best):
+            self.model.load_weights(best)
+        elif self.ema is not None:
             self.ema.swap()
         try:
             self.model.save(os.path.join(folder, "model.keras"))
             self.model.export(os.path.join(folder, "saved_model"), verbose=False)
         finally:
-            if self.ema is not None:
+            self.model.set_weights(kept)
+            if not tf.io.gfile.exists(best) and self.ema is not None:
                 self.ema.swap()
 
     # ---------------------------------------------------------------------------------------

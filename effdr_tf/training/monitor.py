@@ -9,8 +9,6 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from effdr_tf.evaluation import metrics
-
 
 class Monitor:
     """TensorBoard writers (train/, eval/) and log.csv under model_dir; no-ops off the chief."""
@@ -120,36 +118,6 @@ def _fmt(value):
 
 def confusion_image(confusion, class_names) -> tf.Tensor:
     """The confusion matrix (counts and row-normalised shares) as an RGB image tensor."""
-    import matplotlib
+    from effdr_tf.evaluation import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    confusion = np.asarray(confusion)
-    shares = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=100)
-    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, [str(i) for i in ticks])
-    ax.set_yticks(ticks, [f"{i} {n}" for i, n in enumerate(class_names)])
-    ax.set_xlabel("predicted grade")
-    ax.set_ylabel("true grade")
-    for i in ticks:
-        for j in ticks:
-            colour = "white" if shares[i, j] > 0.5 else "black"
-            ax.text(
-                j,
-                i,
-                f"{confusion[i, j]}\n{shares[i, j]:.0%}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color=colour,
-            )
-    kappa = metrics.quadratic_weighted_kappa(confusion)
-    ax.set_title(f"accuracy {metrics.accuracy(confusion):.3f}, kappa {kappa:.3f}")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return tf.io.decode_png(buf.getvalue(), channels=3)
+    return tf.io.decode_png(plots.confusion_png(confusion, class_names), channels=3)

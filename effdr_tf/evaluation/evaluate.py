@@ -1,0 +1,167 @@
+"""eval.py's work: score splits with a trained run, write metrics.json, figures and report.html.
+
+Operating-point thresholds are fitted on the validation split only and applied unchanged to
+every other split; without a validation split the other splits get no operating points.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+
+import tensorflow as tf
+
+from effdr_tf import constants
+from effdr_tf.errors import EffdrError
+from effdr_tf.evaluation import clinical, metrics, plots, report, scoring
+from effdr_tf.pipeline import input as pipeline
+
+VALIDATION = "validation"
+
+
+def _write_atomic(path: str, data: bytes | str) -> None:
+    tmp = path + ".tmp"
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with tf.io.gfile.GFile(tmp, mode) as f:
+        f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _predictions_csv(scored: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    k = scored["probabilities"].shape[1]
+    writer.writerow(["id", "patient_id", "eye", "label", "grade", "referable_score"]
+                    + [f"p{c}" for c in range(k)])  # fmt: skip
+    score = clinical.referable_score(scored["probabilities"])
+    for i in range(len(scored["labels"])):
+        p = scored["probabilities"][i]
+        writer.writerow(
+            [scored["ids"][i], scored["patient_ids"][i], scored["eyes"][i],
+             int(scored["labels"][i]), int(p.argmax()), f"{score[i]:.6f}"]
+            + [f"{v:.6f}" for v in p]
+        )  # fmt: skip
+    return buf.getvalue()
+
+
+def _check_once_each(scored: dict, manifest: dict, split: str, data_dir: str) -> None:
+    """Every example of the split scored exactly once: counts against the manifest, no
+    repeated ids."""
+    want = int(manifest["splits"][split]["count"])
+    got = len(scored["ids"])
+    unique = len(set(scored["ids"].tolist()))
+    if got != want or unique != got:
+        raise EffdrError(
+            f"{data_dir}: split {split!r} gave {got} predictions ({unique} distinct ids) for "
+            f"{want} examples in the manifest"
+        )
+
+
+def _patient_level(scored: dict, thresholds, bootstrap_rounds) -> dict | None:
+    patients = scored["patient_ids"]
+    if not len(patients) or any(p == "" for p in patients):
+        return None
+    if len(set(patients.tolist())) == len(patients):  # one image per patient: nothing to combine
+        return None
+    labels, probs = clinical.by_patient(scored["labels"], scored["probabilities"], patients)
+    result = clinical.summarize(labels, probs, thresholds, bootstrap_rounds=bootstrap_rounds)
+    return {k: result[k] for k in ("count", "accuracy", "kappa", "confusion", "referable")
+            if k in result}  # fmt: skip
+
+
+def evaluate(
+    model_dir: str,
+    *,
+    data_dir: str | None = None,
+    splits=("validation",),
+    tta: str = "none",
+    out_dir: str | None = None,
+    bootstrap_rounds: int = 1000,
+) -> dict:
+    """Scores ``splits`` and writes metrics.json, predictions_<split>.csv, figures and
+    report.html into ``out_dir`` (default ``model_dir/eval_<data folder name>``)."""
+    run = scoring.load_run(model_dir)
+    data_dir = data_dir or run.config.data.data_dir
+    if not data_dir:
+        raise EffdrError("no --data_dir given and the run's config names none")
+    manifest = pipeline.load_manifest(data_dir)
+    splits = [s for s in splits if s]
+    missing = [s for s in splits if s not in manifest["splits"]]
+    if missing:
+        raise EffdrError(
+            f"{data_dir}: no split {', '.join(map(repr, missing))}; it has "
+            f"{', '.join(sorted(manifest['splits']))}"
+        )
+    if int(manifest["num_classes"]) != run.num_classes:
+        raise EffdrError(
+            f"{data_dir}: {manifest['num_classes']} classes, but the model has {run.num_classes}"
+        )
+    out_dir = out_dir or os.path.join(
+        model_dir, "eval_" + os.path.basename(os.path.normpath(data_dir))
+    )
+    tf.io.gfile.makedirs(out_dir)
+    names = list(constants.DR_GRADES) if run.num_classes == 5 else [
+        str(c) for c in range(run.num_classes)]  # fmt: skip
+
+    order = ([VALIDATION] if VALIDATION in manifest["splits"] else []) + [
+        s for s in splits if s != VALIDATION
+    ]
+    thresholds = None
+    results, figures, timing = {}, {}, {}
+    for split in order:
+        started = time.perf_counter()
+        scored = scoring.score_split(run, data_dir, split, tta=tta)
+        timing[split] = time.perf_counter() - started
+        _check_once_each(scored, manifest, split, data_dir)
+        labels, probs = scored["labels"], scored["probabilities"]
+        if split == VALIDATION:
+            referable = labels >= clinical.REFERABLE_GRADE
+            if run.num_classes > clinical.REFERABLE_GRADE and 0 < referable.sum() < len(labels):
+                thresholds = clinical.operating_points(labels, probs)
+            if split not in splits:
+                continue
+        result = clinical.summarize(labels, probs, thresholds, bootstrap_rounds=bootstrap_rounds)
+        patient = _patient_level(scored, thresholds, bootstrap_rounds)
+        if patient:
+            result["patient_level"] = patient
+        result["images_per_second"] = len(labels) / max(timing[split], 1e-9)
+        results[split] = result
+        _write_atomic(os.path.join(out_dir, f"predictions_{split}.csv"), _predictions_csv(scored))
+        figures[split] = {}
+        for label, png in (
+            ("confusion matrix", plots.confusion_png(metrics.confusion_matrix(
+                labels, probs.argmax(1), run.num_classes), names, split)),
+            ("ROC curves", plots.roc_png(labels, probs)),
+            ("precision-recall curves", plots.pr_png(labels, probs)),
+            ("reliability diagram", plots.reliability_png(result["calibration"])),
+        ):  # fmt: skip
+            name = f"{split}_{label.split()[0].lower()}.png"
+            _write_atomic(os.path.join(out_dir, name), png)
+            figures[split][label] = name
+
+    summary = {
+        "model_dir": model_dir,
+        "variant": run.config.get("variant"),
+        "data_dir": data_dir,
+        "dataset": (manifest.get("source") or {}).get("name"),
+        "image_size": run.image_size,
+        "normalization": run.config.model.get("normalization"),
+        "tta": tta,
+        "thresholds": thresholds,
+        "thresholds_from": VALIDATION if thresholds else None,
+        "splits": results,
+    }
+    _write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2))
+    provenance = {
+        "model": f"{model_dir} (efficientnet-{summary['variant']}, {run.image_size} px)",
+        "data": f"{data_dir} ({summary['dataset']})",
+        "test-time augmentation": tta,
+        "operating points from": summary["thresholds_from"] or "none (no validation split)",
+    }
+    page = report.render(results, figures, provenance, names)
+    _write_atomic(os.path.join(out_dir, "report.html"), page)
+    summary["out_dir"] = out_dir
+    return summary

@@ -1,0 +1,111 @@
+"""Loading a trained run and scoring the examples of a split with it.
+
+A run is a train.py model_dir: ``config.json`` (how it was trained, including the input
+normalisation) and ``export/model.keras`` (the best weights, EMA weights when EMA was on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from effdr_tf.errors import EffdrError
+from effdr_tf.pipeline import input as pipeline
+
+MODEL_FILE = os.path.join("export", "model.keras")
+
+
+@dataclasses.dataclass
+class Run:
+    model_dir: str
+    model: object
+    config: ml_collections.ConfigDict
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.input_shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.output_shape[-1])
+
+
+def load_run(model_dir: str) -> Run:
+    """The exported model and the resolved config of a train.py run."""
+    import keras
+
+    config_path = os.path.join(model_dir, "config.json")
+    model_path = os.path.join(model_dir, MODEL_FILE)
+    if not tf.io.gfile.exists(config_path):
+        raise EffdrError(f"{config_path}: not found; is {model_dir} a train.py model_dir?")
+    if not tf.io.gfile.exists(model_path):
+        raise EffdrError(
+            f"{model_path}: not found; the run has no exported model (it ends with one unless "
+            "train.export=False)"
+        )
+    with tf.io.gfile.GFile(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except (OSError, ValueError) as e:
+        raise EffdrError(f"{model_path}: cannot load ({str(e).splitlines()[0]})") from e
+    return Run(model_dir, model, config)
+
+
+def eval_config(run: Run, data_dir: str) -> ml_collections.ConfigDict:
+    """The run's data settings (normalisation, eval crop) pointed at ``data_dir``, at the
+    model's input size: a Kaggle-trained model reads APTOS shards as it read its own."""
+    config = ml_collections.ConfigDict(run.config.to_dict())
+    config.data.data_dir = data_dir
+    config.data.image_size = run.image_size
+    return config
+
+
+def score_split(run: Run, data_dir: str, split: str, *, tta: str = "none", batch_size=None):
+    """Probabilities for every example of ``split``, once each, in shard order.
+
+    Returns:
+        dict with ``ids``, ``patient_ids``, ``eyes`` (str arrays), ``labels`` (int) and
+        ``probabilities`` (float32 [N, K]). ``tta="flip"`` averages with the mirrored image.
+    """
+    if tta not in ("none", "flip"):
+        raise EffdrError(f"--tta={tta}: choose none or flip")
+    config = eval_config(run, data_dir)
+    manifest = pipeline.load_manifest(data_dir)
+    if split not in manifest["splits"]:
+        raise EffdrError(
+            f"{data_dir}: no split {split!r}; it has {', '.join(sorted(manifest['splits']))}"
+        )
+    ds = pipeline.make_dataset(
+        config, split, training=False, batch_size=batch_size, return_metadata=True
+    )
+    model = run.model
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        probs = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+        if tta == "flip":
+            flipped = tf.nn.softmax(
+                tf.cast(model(tf.reverse(images, axis=[2]), training=False), tf.float32)
+            )
+            probs = (probs + flipped) / 2.0
+        return probs
+
+    out = {k: [] for k in ("ids", "patient_ids", "eyes", "labels", "probabilities")}
+    for images, labels, meta in ds:
+        out["probabilities"].append(forward(images).numpy())
+        out["labels"].append(labels.numpy())
+        out["ids"].append(meta["id"].numpy())
+        out["patient_ids"].append(meta["patient_id"].numpy())
+        out["eyes"].append(meta["eye"].numpy())
+    if not out["labels"]:
+        raise EffdrError(f"{data_dir}: split {split!r} has no examples")
+    result = {k: np.concatenate(v) for k, v in out.items()}
+    for k in ("ids", "patient_ids", "eyes"):
+        result[k] = np.array([v.decode() for v in result[k]])
+    return result

@@ -1,0 +1,43 @@
+"""Evaluates a trained run: metrics.json, figures and report.html (see README, Evaluation).
+
+python eval.py --model_dir=RUN --split=validation,public_test,private_test
+python eval.py --model_dir=RUN --data_dir=APTOS_TFREC --split=validation --tta=flip
+"""
+
+from absl import app, flags
+
+from effdr_tf import cli
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A train.py model_dir.", required=True)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Shards to score; default: the run's own.")
+_SPLITS = flags.DEFINE_list("split", ["validation"], "Splits to score.")
+_TTA = flags.DEFINE_enum("tta", "none", ["none", "flip"], "Test-time augmentation.")
+_OUT = flags.DEFINE_string("out", None, "Output folder; default MODEL_DIR/eval_<data folder>.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap rounds for intervals (0: off).")
+
+
+@cli.entry_point
+def main(argv):
+    del argv
+    from effdr_tf.evaluation import evaluate
+
+    summary = evaluate.evaluate(
+        _MODEL_DIR.value,
+        data_dir=_DATA_DIR.value,
+        splits=_SPLITS.value,
+        tta=_TTA.value,
+        out_dir=_OUT.value,
+        bootstrap_rounds=_BOOTSTRAP.value,
+    )
+    for split, result in summary["splits"].items():
+        referable = result.get("referable", {}).get("auc")
+        extra = f" referable_auc={referable:.4f}" if referable is not None else ""
+        print(
+            f"{split}: n={result['count']} accuracy={result['accuracy']:.4f} "
+            f"kappa={result['kappa']:.4f}{extra}"
+        )
+    print(f"report: {summary['out_dir']}/report.html")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

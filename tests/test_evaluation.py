@@ -1,0 +1,236 @@
+"""Evaluation: clinical metrics against scikit-learn, operating points, the eval.py outputs."""
+
+import csv
+import html.parser
+import json
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from effdr_tf.evaluation import clinical, evaluate, metrics, scoring
+from effdr_tf.training import loop
+from tests.conftest import REPO, run_command
+from tests.test_pipeline import build_tiny
+
+K = 5
+
+
+def _predictions(case, n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, K, n)
+    if case == "random":
+        probs = rng.dirichlet(np.ones(K), n)
+    elif case == "informative":
+        logits = rng.normal(size=(n, K)) + 2.0 * np.eye(K)[labels]
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    else:
+        predicted = {"perfect": labels, "reversed": K - 1 - labels, "one_class": 0 * labels}[case]
+        probs = 0.9 * np.eye(K)[predicted] + 0.02
+    return labels, probs
+
+
+@pytest.mark.parametrize("case", ["random", "informative", "perfect", "reversed", "one_class"])
+def test_clinical_metrics_equal_sklearn(case):
+    labels, probs = _predictions(case)
+    predicted = probs.argmax(1)
+    result = clinical.summarize(labels, probs, bootstrap_rounds=0)
+    assert result["kappa"] == pytest.approx(
+        skm.cohen_kappa_score(labels, predicted, weights="quadratic"), abs=1e-9
+    )
+    np.testing.assert_array_equal(
+        result["confusion"], skm.confusion_matrix(labels, predicted, labels=range(K))
+    )
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, predicted, labels=range(K), zero_division=0
+    )
+    pc = result["per_class"]
+    np.testing.assert_allclose(pc["precision"], precision)
+    np.testing.assert_allclose(pc["sensitivity"], recall)
+    np.testing.assert_allclose(pc["f1"], f1)
+    np.testing.assert_array_equal(pc["support"], support)
+    for c in range(K):
+        negatives = labels != c
+        specificity = np.mean(predicted[negatives] != c)
+        assert pc["specificity"][c] == pytest.approx(specificity)
+        assert result["roc_auc"][c] == pytest.approx(skm.roc_auc_score(labels == c, probs[:, c]))
+    referable = labels >= 2
+    score = probs[:, 2:].sum(1)
+    assert result["referable"]["auc"] == pytest.approx(skm.roc_auc_score(referable, score))
+    point = result["referable"]["operating_points"]["high_sensitivity"]
+    flagged = score >= point["threshold"]
+    assert point["sensitivity"] == pytest.approx(np.mean(flagged[referable]))
+    assert point["sensitivity"] >= clinical.HIGH_SENSITIVITY_TARGET
+
+
+def test_one_class_labels_leave_aucs_undefined_not_crashing():
+    labels = np.zeros(50, int)
+    probs = np.random.default_rng(0).dirichlet(np.ones(K), 50)
+    result = clinical.summarize(labels, probs, bootstrap_rounds=20)
+    assert result["roc_auc"][0] is None and result["referable"]["auc"] is None
+    assert "operating_points" not in result["referable"]
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_data():
+    widths = []
+    for n in (200, 3200):
+        labels, probs = _predictions("informative", n=n, seed=n)
+        result = clinical.summarize(labels, probs, bootstrap_rounds=300)
+        low, high = result["bootstrap_95"]["kappa"]
+        assert low <= result["kappa"] <= high
+        low_auc, high_auc = result["bootstrap_95"]["referable_auc"]
+        assert low_auc <= result["referable"]["auc"] <= high_auc
+        widths.append(high - low)
+    assert widths[1] < 0.5 * widths[0]
+
+
+def test_calibration_of_a_calibrated_and_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    n = 20000
+    confidence = rng.uniform(0.2, 1.0, n)
+    correct = rng.uniform(size=n) < confidence
+    labels = np.where(correct, 0, 1)
+    probs = np.zeros((n, K))
+    probs[:, 0] = confidence
+    probs[:, 1:] = ((1 - confidence) / (K - 1))[:, None]
+    assert clinical.expected_calibration_error(labels, probs)["ece"] < 0.02
+    sharp = np.eye(K)[probs.argmax(1)] * 0.999 + 0.00025
+    assert clinical.expected_calibration_error(labels, sharp)["ece"] > 0.2
+
+
+def test_patient_level_takes_the_worse_eye():
+    labels = np.array([0, 3, 1, 1, 4])
+    probs = np.eye(K)[[0, 2, 1, 0, 4]] * 0.96 + 0.01
+    patients = ["a", "a", "b", "b", "c"]
+    worst, rows = clinical.by_patient(labels, probs, patients)
+    np.testing.assert_array_equal(worst, [3, 1, 4])
+    np.testing.assert_array_equal(rows.argmax(1), [2, 1, 4])
+
+
+class _FakeModel:
+    input_shape = (None, 32, 32, 3)
+    output_shape = (None, K)
+
+
+def test_operating_points_come_from_validation_only(monkeypatch, tmp_path):
+    """Validation and test have different score distributions: thresholds fitted on test
+    would differ, and metrics.json must carry validation's."""
+    val_labels, val_probs = _predictions("informative", n=400, seed=1)
+    test_labels, test_probs = _predictions("informative", n=400, seed=2)
+    test_probs = test_probs**3 / (test_probs**3).sum(1, keepdims=True)  # sharper on test
+    data = {"validation": (val_labels, val_probs), "test": (test_labels, test_probs)}
+    manifest = {"num_classes": K, "splits": {s: {"count": 400} for s in data}}
+    config = ml_collections.ConfigDict({"variant": "tiny", "model": {"normalization": "auto"}})
+    monkeypatch.setattr(
+        scoring, "load_run", lambda d: scoring.Run(d, _FakeModel(), config), raising=True
+    )
+    monkeypatch.setattr(evaluate.pipeline, "load_manifest", lambda d: manifest)
+
+    def fake_score(run, data_dir, split, tta="none"):
+        labels, probs = data[split]
+        ids = np.array([f"{split}-{i}" for i in range(len(labels))])
+        return {"ids": ids, "patient_ids": ids, "eyes": ids, "labels": labels,
+                "probabilities": probs}  # fmt: skip
+
+    monkeypatch.setattr(scoring, "score_split", fake_score)
+    summary = evaluate.evaluate(
+        str(tmp_path), data_dir="data", splits=["test"], out_dir=str(tmp_path / "out"),
+        bootstrap_rounds=0,
+    )  # fmt: skip
+    from_validation = clinical.operating_points(val_labels, val_probs)
+    from_test = clinical.operating_points(test_labels, test_probs)
+    assert summary["thresholds"] == from_validation
+    assert from_test["high_sensitivity"] != from_validation["high_sensitivity"]
+    used = summary["splits"]["test"]["referable"]["operating_points"]
+    assert used["high_sensitivity"]["threshold"] == from_validation["high_sensitivity"]
+    assert list(summary["splits"]) == ["test"]  # validation scored for thresholds only
+
+
+class _Images(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny model trained for a few steps, exported, on data with validation and test."""
+    root = tmp_path_factory.mktemp("evalrun")
+    counts = {"train": [24, 16, 16, 12, 12], "validation": [6, 4, 4, 4, 4], "test": [5, 4, 4, 3, 4]}
+    build_tiny(root / "data", counts, textured=True)
+    sys.path.insert(0, str(REPO / "tests"))
+    import tiny_config
+
+    config = tiny_config.get_config()
+    config.data.data_dir = str(root / "data")
+    config.train.epochs = 1
+    config.train.export = True
+    loop.train(config, str(root / "run"), progress=False)
+    return root
+
+
+def test_eval_writes_metrics_predictions_figures_and_report(trained_run, tmp_path):
+    out = tmp_path / "eval"
+    result = run_command(
+        "eval.py",
+        f"--model_dir={trained_run / 'run'}",
+        "--split=validation,test",
+        "--tta=flip",
+        "--bootstrap=50",
+        f"--out={out}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test: n=20" in result.stdout
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["thresholds_from"] == "validation" and summary["tta"] == "flip"
+    manifest = json.loads((trained_run / "data" / "manifest.json").read_text())
+    for split in ("validation", "test"):
+        with open(out / f"predictions_{split}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == manifest["splits"][split]["count"]
+        assert len({r["id"] for r in rows}) == len(rows)
+        for r in rows:
+            p = np.array([float(r[f"p{c}"]) for c in range(K)])
+            assert abs(p.sum() - 1) < 1e-4 and int(r["grade"]) == p.argmax()
+        got = summary["splits"][split]
+        labels = [int(r["label"]) for r in rows]
+        grades = [int(r["grade"]) for r in rows]
+        assert got["kappa"] == pytest.approx(
+            skm.cohen_kappa_score(labels, grades, weights="quadratic"), abs=1e-6
+        )
+        assert got["count"] == len(rows)
+    parser = _Images()
+    parser.feed((out / "report.html").read_text())
+    assert len(parser.sources) == 8
+    for source in parser.sources:
+        assert (out / source).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "87.08" in (out / "report.html").read_text()  # the reference numbers beside ours
+
+
+def test_eval_bad_inputs_exit_2_with_one_line(trained_run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        ([f"--model_dir={empty}"], "config.json: not found"),
+        ([f"--model_dir={trained_run / 'run'}", "--split=public_test"], "no split 'public_test'"),
+    ]
+    for args, message in cases:
+        result = run_command("eval.py", *args, f"--out={tmp_path / 'out'}")
+        assert result.returncode == 2, result.stderr[-1500:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and message in errors[0], result.stderr[-1500:]
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_confusion_matrix_matches_sklearn_on_labels_out_of_range():
+    labels = np.array([0, 1, 2, 7, -1])
+    predicted = np.array([0, 2, 2, 1, 0])
+    got = metrics.confusion_matrix(labels, predicted, 3)
+    np.testing.assert_array_equal(got, skm.confusion_matrix(labels[:3], predicted[:3]))
