@@ -412,3 +412,22 @@ def test_two_workers_train_together_and_write_one_set_of_checkpoints(tiny_data, 
     assert sorted(os.listdir(model_dir)) == sorted(
         ["best.weights.h5", "checkpoints", "config.json", "eval", "log.csv", "train"]
     )
+
+
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        (None, "needs TF_CONFIG"),
+        ("{not json", "TF_CONFIG is not valid"),
+        ('{"cluster": {"worker": ["localhost:1"]}}', "TF_CONFIG is not valid"),
+    ],
+)
+def test_multi_worker_without_a_usable_tf_config_is_a_clear_error(monkeypatch, tf_config, message):
+    from effdr_tf.training import distribute
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(EffdrError, match=message):
+        distribute.make_strategy("multi_worker")

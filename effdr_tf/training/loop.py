@@ -316,22 +316,40 @@ class Trainer:
             step_fn = tf.function(step_fn, jit_compile=True)
         k = self.setup.num_classes
 
+        def one_step(iterator):
+            images, labels = next(iterator)
+            loss, reg, conf = self.strategy.run(step_fn, args=(images, labels))
+            loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+            reg = self.strategy.reduce(tf.distribute.ReduceOp.SUM, reg, axis=None)
+            conf = self.strategy.reduce(tf.distribute.ReduceOp.SUM, conf, axis=None)
+            self.step.assign_add(1)
+            if self.ema is not None:
+                self.ema.update(self.step)
+            return loss, reg, conf
+
         @tf.function
-        def train_steps(iterator, n):
+        def single_step(iterator):
+            return one_step(iterator)
+
+        @tf.function
+        def several_steps(iterator, n):
             loss_sum = tf.constant(0.0)
             reg_sum = tf.constant(0.0)
             confusion = tf.zeros([k, k], tf.int64)
             for _ in tf.range(n):
-                images, labels = next(iterator)
-                loss, reg, conf = self.strategy.run(step_fn, args=(images, labels))
-                loss_sum += self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-                reg_sum += self.strategy.reduce(tf.distribute.ReduceOp.SUM, reg, axis=None)
-                confusion += self.strategy.reduce(tf.distribute.ReduceOp.SUM, conf, axis=None)
-                self.step.assign_add(1)
-                if self.ema is not None:
-                    self.ema.update(self.step)
+                loss, reg, conf = one_step(iterator)
+                loss_sum += loss
+                reg_sum += reg
+                confusion += conf
             n_float = tf.cast(n, tf.float32)
             return loss_sum / n_float, reg_sum / n_float, confusion
+
+        def train_steps(iterator, n):
+            # One step is traced without a loop: a tf.while_loop around the step costs time
+            # (grappler optimises loop bodies less) and steps_per_execution=1 is the usual case.
+            if int(n) == 1:
+                return single_step(iterator)
+            return several_steps(iterator, n)
 
         return train_steps
 
