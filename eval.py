@@ -13,12 +13,27 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Shards to score; default: the
 _SPLITS = flags.DEFINE_list("split", ["validation"], "Splits to score.")
 _TTA = flags.DEFINE_enum("tta", "none", ["none", "flip"], "Test-time augmentation.")
 _OUT = flags.DEFINE_string("out", None, "Output folder; default MODEL_DIR/eval_<data folder>.")
+_IMAGES = flags.DEFINE_string("images", None, "A folder or CSV of photographs to grade.")
+_GRADCAM = flags.DEFINE_bool("gradcam", False, "With --images: a Grad-CAM overlay per image.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap rounds for intervals (0: off).")
 
 
 @cli.entry_point
 def main(argv):
     del argv
+    if _IMAGES.value:
+        from effdr_tf.errors import EffdrError
+        from effdr_tf.evaluation import predict
+
+        if not _OUT.value:
+            raise EffdrError("--images needs --out (where predictions.csv goes)")
+        result = predict.predict_images(
+            _MODEL_DIR.value, _IMAGES.value, _OUT.value, gradcam=_GRADCAM.value
+        )
+        print(
+            f"graded {result['graded']} images, {result['unreadable']} unreadable: {result['csv']}"
+        )
+        return
     from effdr_tf.evaluation import evaluate
 
     summary = evaluate.evaluate(

@@ -3,6 +3,7 @@
 import csv
 import html.parser
 import json
+import os
 import sys
 
 import ml_collections
@@ -234,3 +235,89 @@ def test_confusion_matrix_matches_sklearn_on_labels_out_of_range():
     predicted = np.array([0, 2, 2, 1, 0])
     got = metrics.confusion_matrix(labels, predicted, 3)
     np.testing.assert_array_equal(got, skm.confusion_matrix(labels[:3], predicted[:3]))
+
+
+def test_predict_on_a_folder_grades_good_images_and_reports_bad_ones(trained_run, tmp_path):
+    """Shard images written out as files get the probabilities eval gave them in the shards."""
+    import tensorflow as tf
+
+    run = scoring.load_run(str(trained_run / "run"))
+    scored = scoring.score_split(run, str(trained_run / "data"), "test")
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    shards = sorted((trained_run / "data").glob("test-*.tfrecord*"))
+    written = {}
+    for record in tf.data.TFRecordDataset([str(s) for s in shards]).take(3):
+        example = tf.io.parse_single_example(record, pipeline_features())
+        image_id = example["image/id"].numpy().decode()
+        path = folder / "sub" / f"{image_id}.png"
+        path.write_bytes(example["image/encoded"].numpy())
+        written[str(path)] = image_id
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "notes.txt").write_text("not an image")
+    result = run_command(
+        "eval.py",
+        f"--model_dir={trained_run / 'run'}",
+        f"--images={folder}",
+        f"--out={tmp_path}",
+        "--gradcam",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "graded 3 images, 2 unreadable" in result.stdout
+    with open(tmp_path / "predictions.csv") as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    assert len(rows) == 5
+    assert rows[str(folder / "empty.jpg")]["error"] == "empty file"
+    assert rows[str(folder / "broken.png")]["error"]
+    index = {image_id: i for i, image_id in enumerate(scored["ids"])}
+    for path, image_id in written.items():
+        got = np.array([float(rows[path][f"p{c}"]) for c in range(K)])
+        np.testing.assert_allclose(got, scored["probabilities"][index[image_id]], atol=1e-5)
+        assert rows[path]["error"] == ""
+    overlays = sorted((tmp_path / "gradcam").glob("*.png"))
+    assert len(overlays) == 3
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in overlays)
+
+
+def pipeline_features():
+    from effdr_tf.pipeline import input as pipeline
+
+    return pipeline.FEATURES
+
+
+def test_gradcam_puts_the_heat_where_the_evidence_is():
+    """A model whose class-1 logit is the mean of a feature map that lights up on bright pixels:
+    Grad-CAM must put the heat on the bright patch and nowhere else."""
+    import keras
+
+    from effdr_tf.evaluation import gradcam
+
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.Conv2D(4, 1, activation="relu", name="features")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    logits = keras.layers.Dense(2, name="head")(pooled)
+    model = keras.Model(inputs, logits)
+    model.get_layer("features").set_weights([np.ones((1, 1, 3, 4)) / 3, -np.ones(4) * 10])
+    model.get_layer("head").set_weights([np.array([[-1.0, 1.0]] * 4), np.zeros(2)])
+    assert gradcam.last_feature_layer(model).name == "features"
+    image = np.zeros((1, 32, 32, 3), np.float32)
+    image[0, 8:16, 20:28] = 200.0
+    heat = gradcam.heatmaps(model, image, classes=np.array([1]))[0]
+    inside = np.zeros((32, 32), bool)
+    inside[8:16, 20:28] = True
+    assert heat[inside].mean() > 0.9 and heat[~inside].mean() < 0.1
+    assert gradcam.overlay_png(image[0], heat)[:4] == b"\x89PNG"
+
+
+def test_exports_match_the_keras_model(trained_run):
+    from effdr_tf.serving import export
+
+    report = export.export(str(trained_run / "run"), check_images=24)
+    assert report["saved_model"]["max_abs_diff"] <= 1e-5
+    assert report["float32"]["max_abs_diff"] <= 1e-4
+    assert report["float16"]["max_abs_diff"] <= 1e-2
+    assert report["int8"]["argmax_agreement"] >= 0.95
+    assert report["float16"]["bytes"] < 0.7 * report["float32"]["bytes"]
+    for values in report.values():
+        assert os.path.exists(values["path"])

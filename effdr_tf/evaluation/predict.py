@@ -1,0 +1,160 @@
+"""Grades for new photographs (a folder or a CSV of paths) with a trained run.
+
+Each image goes through the builder's fundus preprocessing (decode, disc crop or Ben Graham, at
+the model's input size, with the mode the training shards were built with) and is then encoded
+and read by the evaluation pipeline's own ``eval_example``, so a photograph is seen exactly as
+a shard image is. Unreadable or rejected images get a row with the reason; the rest are graded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from effdr_tf.data import fundus
+from effdr_tf.data.builder import DECODE_MARGIN
+from effdr_tf.errors import EffdrError
+from effdr_tf.evaluation import clinical, scoring
+from effdr_tf.evaluation import gradcam as gradcam_lib
+from effdr_tf.pipeline import input as pipeline
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+PATH_COLUMNS = ("path", "image", "file", "filename")
+
+
+def list_images(images: str) -> list[str]:
+    """Image paths from a folder (recursively, sorted) or a CSV with a path column (relative
+    paths are taken from the CSV's folder)."""
+    if os.path.isdir(images):
+        found = []
+        for root, _, files in os.walk(images):
+            found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+        if not found:
+            raise EffdrError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+        return sorted(found)
+    if not os.path.isfile(images):
+        raise EffdrError(f"{images}: no such folder or CSV file")
+    with open(images, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip().lower() for c in reader.fieldnames or []]
+        column = next((c for c in PATH_COLUMNS if c in columns), None)
+        if column is None:
+            raise EffdrError(f"{images}: needs a column named one of {', '.join(PATH_COLUMNS)}")
+        original = (reader.fieldnames or [])[columns.index(column)]
+        base = os.path.dirname(os.path.abspath(images))
+        return [os.path.join(base, row[original].strip()) for row in reader if row[original]]
+
+
+def _preprocessing(run: scoring.Run) -> dict:
+    """How the run's training shards were made (their manifest), else the builder defaults."""
+    data_dir = run.config.data.get("data_dir", "")
+    path = os.path.join(data_dir, pipeline.MANIFEST) if data_dir else ""
+    if path and tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)["preprocessing"]
+    return {"mode": "crop", "image_format": "jpeg", "jpeg_quality": 95}
+
+
+def _display(model_input: np.ndarray) -> np.ndarray:
+    """The model input as a viewable RGB image: pixels 0..255 unless the data were normalised
+    outside the model, in which case they are stretched back to 0..255."""
+    low, high = float(model_input.min()), float(model_input.max())
+    if low >= 0.0 and high <= 255.0 and high > 1.5:
+        return model_input
+    return (model_input - low) / max(high - low, 1e-6) * 255.0
+
+
+def predict_images(
+    model_dir: str, images: str, out_dir: str, *, batch_size: int = 16, gradcam: bool = False
+) -> dict:
+    """Writes ``out_dir/predictions.csv`` (and with ``gradcam`` one heatmap overlay PNG per
+    graded image in ``out_dir/gradcam/``); returns counts of graded and unreadable images."""
+    run = scoring.load_run(model_dir)
+    paths = list_images(images)
+    prep = _preprocessing(run)
+    size = run.image_size
+    config = scoring.eval_config(run, "")
+    fraction = float(config.data.eval_crop_fraction)
+    normalization = config.data.normalization
+
+    @tf.function(reduce_retracing=True)
+    def prepare(encoded):
+        return tf.map_fn(
+            lambda e: pipeline.eval_example(
+                e, size=size, crop_fraction=fraction, normalization=normalization
+            ),
+            encoded,
+            fn_output_signature=tf.float32,
+        )
+
+    @tf.function(reduce_retracing=True)
+    def forward(batch):
+        return tf.nn.softmax(tf.cast(run.model(batch, training=False), tf.float32))
+
+    os.makedirs(os.path.join(out_dir, "gradcam") if gradcam else out_dir, exist_ok=True)
+    rows: list[dict] = []
+    pending: list[tuple[int, bytes]] = []
+
+    def flush():
+        if not pending:
+            return
+        batch = prepare(tf.constant([data for _, data in pending]))
+        probs = forward(batch).numpy()
+        heat = gradcam_lib.heatmaps(run.model, batch) if gradcam else None
+        for i, ((index, _), p) in enumerate(zip(pending, probs, strict=True)):
+            rows[index].update(probabilities=p)
+            if heat is not None:
+                stem = os.path.splitext(os.path.basename(rows[index]["path"]))[0]
+                name = os.path.join(out_dir, "gradcam", f"{index:05d}_{stem}.png")
+                with open(name, "wb") as f:
+                    f.write(gradcam_lib.overlay_png(_display(batch[i].numpy()), heat[i]))
+                rows[index]["gradcam"] = name
+        pending.clear()
+
+    for path in paths:
+        row = {"path": path, "error": ""}
+        rows.append(row)
+        try:
+            with open(path, "rb") as f:
+                image = fundus.decode(f.read(), min_side=int(DECODE_MARGIN * size))
+            image = fundus.preprocess(image, prep.get("mode", "crop"), size)
+            data = fundus.encode(image, prep.get("image_format") or "jpeg",
+                                 prep.get("jpeg_quality") or 95)  # fmt: skip
+        except fundus.RejectedImageError as e:
+            row["error"] = str(e)
+            continue
+        except OSError as e:
+            row["error"] = f"cannot read: {e.strerror or e}"
+            continue
+        pending.append((len(rows) - 1, data))
+        if len(pending) == batch_size:
+            flush()
+    flush()
+
+    k = run.num_classes
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "grade", "referable", "referable_score"]
+                    + [f"p{c}" for c in range(k)] + ["error"])  # fmt: skip
+    graded = 0
+    for row in rows:
+        p = row.get("probabilities")
+        if p is None:
+            writer.writerow([row["path"], "", "", ""] + [""] * k + [row["error"]])
+            continue
+        graded += 1
+        score = float(clinical.referable_score(p[np.newaxis])[0]) if k > 2 else float("nan")
+        writer.writerow(
+            [row["path"], int(p.argmax()), int(p.argmax() >= clinical.REFERABLE_GRADE),
+             f"{score:.6f}"] + [f"{v:.6f}" for v in p] + [""]
+        )  # fmt: skip
+    target = os.path.join(out_dir, "predictions.csv")
+    with open(target + ".tmp", "w", newline="") as f:
+        f.write(buf.getvalue())
+    os.replace(target + ".tmp", target)
+    return {"graded": graded, "unreadable": len(rows) - graded, "csv": target, "rows": rows}

@@ -1,0 +1,201 @@
+"""Models to ship: a SavedModel that takes encoded image bytes, and TFLite files.
+
+    python -m effdr_tf.serving.export --model_dir=RUN [--formats=saved_model,float32,float16,int8]
+
+Written under ``RUN/serving/``:
+
+* ``saved_model_bytes/``: signature ``serving_default(image_bytes: string [N])`` returning
+  ``probabilities`` [N, K], ``grade`` [N] and ``referable_score`` [N]. Decoding, the centre crop
+  of the run's config and the resize happen in the graph; the images are expected already
+  cropped to the fundus disc as the builder does (``eval.py --images`` does that with OpenCV).
+* ``model_float32.tflite``, ``model_float16.tflite`` (float16 weights), ``model_int8.tflite``
+  (int8 weights and activations, float input and output, calibrated on the run's validation
+  images), converted from the run's ``export/saved_model``; they return logits. Swish is a
+  plain x*sigmoid(x) here and the in-model normalisation a Keras Normalization or Rescaling
+  layer, so the converter needs no custom ops.
+
+Each output is checked against the Keras model on validation images and the differences are
+returned (and printed by the command).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import tensorflow as tf
+
+from effdr_tf.errors import EffdrError
+from effdr_tf.evaluation import clinical, scoring
+from effdr_tf.pipeline import input as pipeline
+
+FORMATS = ("saved_model", "float32", "float16", "int8")
+
+
+def _sample_images(run: scoring.Run, count: int) -> np.ndarray:
+    config = scoring.eval_config(run, run.config.data.data_dir)
+    manifest = pipeline.load_manifest(config.data.data_dir)
+    split = "validation" if "validation" in manifest["splits"] else "train"
+    ds = pipeline.make_dataset(config, split, training=False, batch_size=count)
+    for images, _ in ds.take(1):
+        return images.numpy()
+    raise EffdrError(f"{config.data.data_dir}: no images to calibrate and check with")
+
+
+def _sample_bytes(run: scoring.Run, count: int) -> list[bytes]:
+    config = scoring.eval_config(run, run.config.data.data_dir)
+    manifest = pipeline.load_manifest(config.data.data_dir)
+    split = "validation" if "validation" in manifest["splits"] else "train"
+    paths = [s["path"] for s in pipeline.split_shards(config.data.data_dir, split, "none")]
+    out = []
+    for record in tf.data.TFRecordDataset(paths).take(count):
+        out.append(pipeline.parse(record)["image/encoded"].numpy())
+    return out
+
+
+class BytesServer(tf.Module):
+    """Encoded bytes in, probabilities out: the run's eval preprocessing in the graph."""
+
+    def __init__(self, run: scoring.Run):
+        super().__init__()
+        self.model = run.model
+        config = scoring.eval_config(run, "")
+        self._size = run.image_size
+        self._fraction = float(config.data.eval_crop_fraction)
+        self._normalization = config.data.normalization
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve(self, image_bytes):
+        images = tf.map_fn(
+            lambda e: pipeline.eval_example(
+                e, size=self._size, crop_fraction=self._fraction, normalization=self._normalization
+            ),
+            image_bytes,
+            fn_output_signature=tf.float32,
+        )
+        probs = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
+        return {
+            "probabilities": probs,
+            "grade": tf.argmax(probs, -1, output_type=tf.int32),
+            "referable_score": tf.reduce_sum(probs[:, clinical.REFERABLE_GRADE :], -1),
+        }
+
+
+def _tflite(run: scoring.Run, kind: str, calibration: np.ndarray) -> bytes:
+    """Converts the run's exported SavedModel (logits; weights frozen by the converter)."""
+    saved = os.path.join(run.model_dir, "export", "saved_model")
+    if not tf.io.gfile.exists(saved):
+        raise EffdrError(f"{saved}: not found; the run was exported without a SavedModel")
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+    if kind == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif kind == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([x[None]] for x in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def run_tflite(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
+    """Probabilities from a converted model (which returns logits), one image at a time."""
+    interpreter = tf.lite.Interpreter(model_content=model_bytes)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    results = []
+    for image in images:
+        interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(out["index"])[0])
+    logits = np.stack(results).astype(np.float64)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
+    """Writes the requested formats under ``model_dir/serving`` and returns, per format, the
+    path and its agreement with the Keras model on validation images."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise EffdrError(f"--formats: unknown {', '.join(unknown)}; choose from {FORMATS}")
+    run = scoring.load_run(model_dir)
+    folder = os.path.join(model_dir, "serving")
+    os.makedirs(folder, exist_ok=True)
+    images = _sample_images(run, check_images)
+    reference = tf.nn.softmax(tf.cast(run.model(images, training=False), tf.float32)).numpy()
+    report = {}
+    if "saved_model" in formats:
+        target = os.path.join(folder, "saved_model_bytes")
+        tmp = target + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        server = BytesServer(run)
+        tf.saved_model.save(server, tmp, signatures={"serving_default": server.serve})
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        encoded = _sample_bytes(run, check_images)
+        served = (
+            tf.saved_model.load(target)
+            .signatures["serving_default"](image_bytes=tf.constant(encoded))["probabilities"]
+            .numpy()
+        )
+        local = tf.nn.softmax(
+            tf.cast(run.model(_decode(run, encoded), training=False), tf.float32)
+        ).numpy()
+        report["saved_model"] = {
+            "path": target,
+            "max_abs_diff": float(np.abs(served - local).max()),
+        }
+    for kind in ("float32", "float16", "int8"):
+        if kind not in formats:
+            continue
+        data = _tflite(run, kind, images)
+        target = os.path.join(folder, f"model_{kind}.tflite")
+        with open(target + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(target + ".tmp", target)
+        got = run_tflite(data, images)
+        report[kind] = {
+            "path": target,
+            "bytes": len(data),
+            "max_abs_diff": float(np.abs(got - reference).max()),
+            "argmax_agreement": float(np.mean(got.argmax(1) == reference.argmax(1))),
+        }
+    return report
+
+
+def _decode(run: scoring.Run, encoded: list[bytes]) -> tf.Tensor:
+    config = scoring.eval_config(run, "")
+    return tf.stack(
+        [
+            pipeline.eval_example(
+                tf.constant(e),
+                size=run.image_size,
+                crop_fraction=float(config.data.eval_crop_fraction),
+                normalization=config.data.normalization,
+            )
+            for e in encoded
+        ]
+    )
+
+
+def main(argv):
+    from absl import flags
+
+    del argv
+    report = export(flags.FLAGS.model_dir, flags.FLAGS.formats)
+    for kind, values in report.items():
+        facts = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in values.items())  # fmt: skip
+        print(f"{kind}: {facts}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    from effdr_tf import cli
+
+    flags.DEFINE_string("model_dir", None, "A train.py model_dir.", required=True)
+    flags.DEFINE_list("formats", list(FORMATS), "saved_model, float32, float16, int8.")
+    app.run(cli.entry_point(main), flags_parser=cli.parse_flags_or_exit)
