@@ -25,6 +25,7 @@ class Run:
     model_dir: str
     model: object
     config: ml_collections.ConfigDict
+    _forward: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def image_size(self) -> int:
@@ -84,18 +85,7 @@ def score_split(run: Run, data_dir: str, split: str, *, tta: str = "none", batch
     ds = pipeline.make_dataset(
         config, split, training=False, batch_size=batch_size, return_metadata=True
     )
-    model = run.model
-
-    @tf.function(reduce_retracing=True)
-    def forward(images):
-        probs = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
-        if tta == "flip":
-            flipped = tf.nn.softmax(
-                tf.cast(model(tf.reverse(images, axis=[2]), training=False), tf.float32)
-            )
-            probs = (probs + flipped) / 2.0
-        return probs
-
+    forward = _forward(run, tta)
     out = {k: [] for k in ("ids", "patient_ids", "eyes", "labels", "probabilities")}
     for images, labels, meta in ds:
         out["probabilities"].append(forward(images).numpy())
@@ -109,3 +99,25 @@ def score_split(run: Run, data_dir: str, split: str, *, tta: str = "none", batch
     for k in ("ids", "patient_ids", "eyes"):
         result[k] = np.array([v.decode() for v in result[k]])
     return result
+
+
+def _forward(run: Run, tta: str):
+    """Softmax of the model (averaged with the mirrored image for flip TTA), traced once per
+    run and kept: tracing an EfficientNet costs seconds, more than scoring a small split."""
+    if tta not in run._forward:
+        model = run.model
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, run.image_size, run.image_size, 3], tf.float32)]
+        )
+        def forward(images):
+            probs = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+            if tta == "flip":
+                flipped = tf.nn.softmax(
+                    tf.cast(model(tf.reverse(images, axis=[2]), training=False), tf.float32)
+                )
+                probs = (probs + flipped) / 2.0
+            return probs
+
+        run._forward[tta] = forward
+    return run._forward[tta]
