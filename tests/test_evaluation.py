@@ -321,3 +321,25 @@ def test_exports_match_the_keras_model(trained_run):
     assert report["float16"]["bytes"] < 0.7 * report["float32"]["bytes"]
     for values in report.values():
         assert os.path.exists(values["path"])
+
+
+def test_cross_dataset_evaluation_reads_other_shards_as_its_own(trained_run, tmp_path):
+    """A run scored on another shard set of another image size: the model's input size and the
+    run's input settings are used, every example of the other set is scored once."""
+    other = tmp_path / "other"
+    build_tiny(other, {"validation": [3, 3, 2, 2, 2]}, textured=True, image_size=48)
+    summary = evaluate.evaluate(
+        str(trained_run / "run"),
+        data_dir=str(other),
+        splits=["validation"],
+        out_dir=str(tmp_path / "eval"),
+        bootstrap_rounds=0,
+    )
+    assert summary["data_dir"] == str(other) and summary["image_size"] == 32
+    assert summary["splits"]["validation"]["count"] == 12
+    own = evaluate.evaluate(
+        str(trained_run / "run"), splits=["validation"], out_dir=str(tmp_path / "own"),
+        bootstrap_rounds=0,
+    )  # fmt: skip
+    assert own["data_dir"] == str(trained_run / "data")
+    assert own["splits"]["validation"]["count"] == 22

@@ -60,10 +60,10 @@ class TinySource(Source):
                     n += 1
 
 
-def build_tiny(tmp_path, counts, num_shards=None, textured=False):
+def build_tiny(tmp_path, counts, num_shards=None, textured=False, image_size=32):
     source = TinySource(counts=counts, textured=textured)
     options = builder.BuildOptions(
-        image_size=32,
+        image_size=image_size,
         preprocess="none",
         val_fraction=0.0,
         image_format="png",
