@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 from absl import app, flags  # noqa: E402
 
+from benchmarks import synthetic_shards  # noqa: E402
+
 _VARIANT = flags.DEFINE_string("variant", "b0", "EfficientNet variant.")
 _SIZE = flags.DEFINE_integer("image_size", 128, "Image side.")
 _IMAGES = flags.DEFINE_integer("num_images", 400, "Images in the shards.")
@@ -53,15 +55,6 @@ def make_run(run_dir, data_dir):
     model.save(os.path.join(run_dir, "export", "model.keras"))
 
 
-def build_shards(folder, size, n):
-    from effdr_tf.data import builder
-    from effdr_tf.data.sources import make_source
-
-    source = make_source("synthetic_dr", num_images=n, seed=0, image_size=size)
-    options = builder.BuildOptions(image_size=size, val_fraction=0.5)
-    builder.build(source, folder, options, workers=os.cpu_count() or 1, progress=False)
-
-
 def main(argv):
     del argv
     from effdr_tf.evaluation import evaluate, scoring
@@ -69,7 +62,7 @@ def main(argv):
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, run_dir = os.path.join(tmp, "data"), os.path.join(tmp, "run")
-        build_shards(data_dir, _SIZE.value, _IMAGES.value)
+        synthetic_shards.build(data_dir, _SIZE.value, _IMAGES.value, val_fraction=0.5)
         make_run(run_dir, data_dir)
         run = scoring.load_run(run_dir)
         config = scoring.eval_config(run, data_dir)

@@ -32,6 +32,8 @@ sys.path.insert(
 
 from absl import app, flags  # noqa: E402
 
+from benchmarks import synthetic_shards  # noqa: E402
+
 _SIZES = flags.DEFINE_list("sizes", ["224", "456"], "Image sides to measure.")
 _IMAGES = flags.DEFINE_integer("num_images", 200, "Images in the shards.")
 _BATCHES = flags.DEFINE_integer("batches", 8, "Timed batches of 32 per round.")
@@ -115,15 +117,6 @@ def rate(ds, batches):
     return batches * BATCH / (time.perf_counter() - start)
 
 
-def build_shards(folder, size, n):
-    from effdr_tf.data import builder
-    from effdr_tf.data.sources import make_source
-
-    source = make_source("synthetic_dr", num_images=n, seed=0, image_size=size)
-    options = builder.BuildOptions(image_size=size, val_fraction=0.0)
-    builder.build(source, folder, options, workers=os.cpu_count() or 1, progress=False)
-
-
 def main(argv):
     del argv
     cores = os.cpu_count() or 1
@@ -131,7 +124,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in _SIZES.value):
             folder = os.path.join(tmp, str(size))
-            build_shards(folder, size, _IMAGES.value)
+            synthetic_shards.build(folder, size, _IMAGES.value)
             contenders = pipelines(folder, size)
             rates = {name: [] for name in contenders}
             order = list(contenders.items())

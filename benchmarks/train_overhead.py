@@ -33,6 +33,8 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 from absl import app, flags  # noqa: E402
 
+from benchmarks import synthetic_shards  # noqa: E402
+
 _VARIANT = flags.DEFINE_string("variant", "b0", "EfficientNet variant.")
 _SIZE = flags.DEFINE_integer("image_size", 128, "Image side.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Global batch.")
@@ -110,20 +112,11 @@ def peer(data_dir):
     return statistics.mean(setup.steps_per_epoch * setup.global_batch / t for t in times[1:])
 
 
-def build_shards(folder, size, n):
-    from effdr_tf.data import builder
-    from effdr_tf.data.sources import make_source
-
-    source = make_source("synthetic_dr", num_images=n, seed=0, image_size=size)
-    options = builder.BuildOptions(image_size=size, val_fraction=0.0)
-    builder.build(source, folder, options, workers=os.cpu_count() or 1, progress=False)
-
-
 def main(argv):
     del argv
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = os.path.join(tmp, "data")
-        build_shards(data_dir, _SIZE.value, max(200, _BATCH.value * 8))
+        synthetic_shards.build(data_dir, _SIZE.value, max(200, _BATCH.value * 8))
         results = {"ours": [], "peer": []}
         for r in range(_ROUNDS.value):
             order = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")

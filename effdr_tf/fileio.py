@@ -7,6 +7,7 @@ non-TensorFlow Keras backend, say) never imports TensorFlow. Remote URLs go thro
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
@@ -61,3 +62,20 @@ def publish(local_tmp: str, dst: str) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def sha256(path: str) -> str:
+    """Hex SHA-256 of a local or gs:// file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with _gfile().GFile(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Writes ``path`` through a temporary name, so readers never see half a file."""
+    tmp = path + ".tmp"
+    with _gfile().GFile(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    _gfile().rename(tmp, path, overwrite=True)

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from effdr_tf import constants
+from effdr_tf import constants, fileio
 from effdr_tf.data import builder, splits, synthetic
 from effdr_tf.data.sources import make_source
 from effdr_tf.errors import EffdrError
@@ -140,7 +140,7 @@ def _synthetic_options():
 
 def _shard_hashes(output_dir):
     return {
-        os.path.basename(p): builder._sha256(p)
+        os.path.basename(p): fileio.sha256(p)
         for p in sorted(glob.glob(os.path.join(output_dir, "*.tfrecord")))
     }
 

@@ -31,7 +31,7 @@ import os
 import numpy as np
 
 import effdr_tf
-from effdr_tf import constants
+from effdr_tf import constants, fileio
 from effdr_tf.data import fundus, splits
 from effdr_tf.data.schema import SPLITS, Record, Reject
 from effdr_tf.data.sources import Source
@@ -215,16 +215,6 @@ def _example(record: Record, data: bytes, height: int, width: int, source_name: 
     ).SerializeToString(deterministic=True)  # map order would follow the hash seed
 
 
-def _sha256(path: str) -> str:
-    import tensorflow as tf
-
-    digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_text(path: str, text: str) -> None:
     """Writes under a temporary name, then renames: readers never see half a file."""
     import tensorflow as tf
@@ -280,7 +270,7 @@ def _write_shards(pending, source, options, output_dir, workers, progress) -> No
                 "split": shard.split,
                 "count": sum(counts.values()),
                 "class_counts": {str(k): v for k, v in sorted(counts.items())},
-                "sha256": _sha256(f"{path}.tmp"),
+                "sha256": fileio.sha256(f"{path}.tmp"),
                 "bytes": tf.io.gfile.stat(f"{path}.tmp").length,
                 "rejects": rejects,
             }

@@ -14,20 +14,12 @@ import time
 
 import tensorflow as tf
 
-from effdr_tf import constants
+from effdr_tf import constants, fileio
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import clinical, metrics, plots, report, scoring
 from effdr_tf.pipeline import input as pipeline
 
 VALIDATION = "validation"
-
-
-def _write_atomic(path: str, data: bytes | str) -> None:
-    tmp = path + ".tmp"
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with tf.io.gfile.GFile(tmp, mode) as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _predictions_csv(scored: dict) -> str:
@@ -129,7 +121,9 @@ def evaluate(
             result["patient_level"] = patient
         result["images_per_second"] = len(labels) / max(timing[split], 1e-9)
         results[split] = result
-        _write_atomic(os.path.join(out_dir, f"predictions_{split}.csv"), _predictions_csv(scored))
+        fileio.write_atomic(
+            os.path.join(out_dir, f"predictions_{split}.csv"), _predictions_csv(scored)
+        )
         figures[split] = {}
         for label, png in (
             ("confusion matrix", plots.confusion_png(metrics.confusion_matrix(
@@ -139,7 +133,7 @@ def evaluate(
             ("reliability diagram", plots.reliability_png(result["calibration"])),
         ):  # fmt: skip
             name = f"{split}_{label.split()[0].lower()}.png"
-            _write_atomic(os.path.join(out_dir, name), png)
+            fileio.write_atomic(os.path.join(out_dir, name), png)
             figures[split][label] = name
 
     summary = {
@@ -154,7 +148,7 @@ def evaluate(
         "thresholds_from": VALIDATION if thresholds else None,
         "splits": results,
     }
-    _write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2))
+    fileio.write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2))
     provenance = {
         "model": f"{model_dir} (efficientnet-{summary['variant']}, {run.image_size} px)",
         "data": f"{data_dir} ({summary['dataset']})",
@@ -162,6 +156,6 @@ def evaluate(
         "operating points from": summary["thresholds_from"] or "none (no validation split)",
     }
     page = report.render(results, figures, provenance, names)
-    _write_atomic(os.path.join(out_dir, "report.html"), page)
+    fileio.write_atomic(os.path.join(out_dir, "report.html"), page)
     summary["out_dir"] = out_dir
     return summary

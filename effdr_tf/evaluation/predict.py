@@ -16,6 +16,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from effdr_tf import fileio
 from effdr_tf.data import fundus
 from effdr_tf.data.builder import DECODE_MARGIN
 from effdr_tf.errors import EffdrError
@@ -78,19 +79,10 @@ def predict_images(
     paths = list_images(images)
     prep = _preprocessing(run)
     size = run.image_size
-    config = scoring.eval_config(run, "")
-    fraction = float(config.data.eval_crop_fraction)
-    normalization = config.data.normalization
 
     @tf.function(reduce_retracing=True)
     def prepare(encoded):
-        return tf.map_fn(
-            lambda e: pipeline.eval_example(
-                e, size=size, crop_fraction=fraction, normalization=normalization
-            ),
-            encoded,
-            fn_output_signature=tf.float32,
-        )
+        return scoring.images_from_bytes(run, encoded)
 
     @tf.function(reduce_retracing=True)
     def forward(batch):
@@ -154,7 +146,5 @@ def predict_images(
              f"{score:.6f}"] + [f"{v:.6f}" for v in p] + [""]
         )  # fmt: skip
     target = os.path.join(out_dir, "predictions.csv")
-    with open(target + ".tmp", "w", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(target + ".tmp", target)
+    fileio.write_atomic(target, buf.getvalue())
     return {"graded": graded, "unreadable": len(rows) - graded, "csv": target, "rows": rows}

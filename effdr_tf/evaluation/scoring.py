@@ -67,6 +67,22 @@ def eval_config(run: Run, data_dir: str) -> ml_collections.ConfigDict:
     return config
 
 
+def images_from_bytes(run: Run, encoded) -> tf.Tensor:
+    """Encoded images (string [N]) to the model's input with the run's eval settings: the
+    evaluation pipeline's own decode, centre crop and resize."""
+    config = eval_config(run, "")
+    return tf.map_fn(
+        lambda e: pipeline.eval_example(
+            e,
+            size=run.image_size,
+            crop_fraction=float(config.data.eval_crop_fraction),
+            normalization=config.data.normalization,
+        ),
+        encoded,
+        fn_output_signature=tf.float32,
+    )
+
+
 def score_split(run: Run, data_dir: str, split: str, *, tta: str = "none", batch_size=None):
     """Probabilities for every example of ``split``, once each, in shard order.
 

@@ -15,7 +15,6 @@ pipeline is graph code, as a TPU VM host needs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from effdr_tf import constants
+from effdr_tf import constants, fileio
 from effdr_tf.errors import EffdrError
 from effdr_tf.pipeline import balance, randaugment
 
@@ -61,14 +60,6 @@ def load_manifest(data_dir: str) -> dict:
             raise EffdrError(f"{path}: not valid JSON ({e})") from e
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def split_shards(data_dir: str, split: str, verify: str = "size", manifest=None) -> list[dict]:
     """The split's shards from the manifest, checked: missing or damaged files are errors.
 
@@ -94,7 +85,7 @@ def split_shards(data_dir: str, split: str, verify: str = "size", manifest=None)
                     f"{path}: {size} bytes, the manifest says {shard['bytes']}: truncated or "
                     "replaced; rebuild it"
                 )
-        if verify == "sha256" and _sha256(path) != shard["sha256"]:
+        if verify == "sha256" and fileio.sha256(path) != shard["sha256"]:
             raise EffdrError(f"{path}: sha256 differs from the manifest: the shard is corrupt")
         shards.append({**shard, "path": path})
     return shards
@@ -106,7 +97,7 @@ def find_corrupt_shards(data_dir: str, split: str) -> list[str]:
     bad = []
     for shard in load_manifest(data_dir)["splits"][split]["shards"]:
         path = os.path.join(data_dir, shard["name"])
-        if not tf.io.gfile.exists(path) or _sha256(path) != shard["sha256"]:
+        if not tf.io.gfile.exists(path) or fileio.sha256(path) != shard["sha256"]:
             bad.append(path)
     return bad
 

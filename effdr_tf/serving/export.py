@@ -26,6 +26,7 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
+from effdr_tf import fileio
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import clinical, scoring
 from effdr_tf.pipeline import input as pipeline
@@ -33,25 +34,20 @@ from effdr_tf.pipeline import input as pipeline
 FORMATS = ("saved_model", "float32", "float16", "int8")
 
 
-def _sample_images(run: scoring.Run, count: int) -> np.ndarray:
-    config = scoring.eval_config(run, run.config.data.data_dir)
-    manifest = pipeline.load_manifest(config.data.data_dir)
+def _samples(run: scoring.Run, count: int) -> tuple[np.ndarray, list[bytes]]:
+    """Up to ``count`` images of the run's validation split (else train): model inputs for
+    calibration and checks, and the same images encoded, for the bytes signature."""
+    data_dir = run.config.data.data_dir
+    manifest = pipeline.load_manifest(data_dir)
     split = "validation" if "validation" in manifest["splits"] else "train"
-    ds = pipeline.make_dataset(config, split, training=False, batch_size=count)
-    for images, _ in ds.take(1):
-        return images.numpy()
-    raise EffdrError(f"{config.data.data_dir}: no images to calibrate and check with")
-
-
-def _sample_bytes(run: scoring.Run, count: int) -> list[bytes]:
-    config = scoring.eval_config(run, run.config.data.data_dir)
-    manifest = pipeline.load_manifest(config.data.data_dir)
-    split = "validation" if "validation" in manifest["splits"] else "train"
-    paths = [s["path"] for s in pipeline.split_shards(config.data.data_dir, split, "none")]
-    out = []
-    for record in tf.data.TFRecordDataset(paths).take(count):
-        out.append(pipeline.parse(record)["image/encoded"].numpy())
-    return out
+    paths = [s["path"] for s in pipeline.split_shards(data_dir, split, "none", manifest)]
+    encoded = [
+        pipeline.parse(record)["image/encoded"].numpy()
+        for record in tf.data.TFRecordDataset(paths).take(count)
+    ]
+    if not encoded:
+        raise EffdrError(f"{data_dir}: no images to calibrate and check with")
+    return scoring.images_from_bytes(run, tf.constant(encoded)).numpy(), encoded
 
 
 class BytesServer(tf.Module):
@@ -59,21 +55,12 @@ class BytesServer(tf.Module):
 
     def __init__(self, run: scoring.Run):
         super().__init__()
+        self.run = run
         self.model = run.model
-        config = scoring.eval_config(run, "")
-        self._size = run.image_size
-        self._fraction = float(config.data.eval_crop_fraction)
-        self._normalization = config.data.normalization
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(self, image_bytes):
-        images = tf.map_fn(
-            lambda e: pipeline.eval_example(
-                e, size=self._size, crop_fraction=self._fraction, normalization=self._normalization
-            ),
-            image_bytes,
-            fn_output_signature=tf.float32,
-        )
+        images = scoring.images_from_bytes(self.run, image_bytes)
         probs = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
         return {
             "probabilities": probs,
@@ -123,7 +110,7 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
     run = scoring.load_run(model_dir)
     folder = os.path.join(model_dir, "serving")
     os.makedirs(folder, exist_ok=True)
-    images = _sample_images(run, check_images)
+    images, encoded = _samples(run, check_images)
     reference = tf.nn.softmax(tf.cast(run.model(images, training=False), tf.float32)).numpy()
     report = {}
     if "saved_model" in formats:
@@ -134,14 +121,16 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
         tf.saved_model.save(server, tmp, signatures={"serving_default": server.serve})
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-        encoded = _sample_bytes(run, check_images)
         served = (
             tf.saved_model.load(target)
             .signatures["serving_default"](image_bytes=tf.constant(encoded))["probabilities"]
             .numpy()
         )
         local = tf.nn.softmax(
-            tf.cast(run.model(_decode(run, encoded), training=False), tf.float32)
+            tf.cast(
+                run.model(scoring.images_from_bytes(run, tf.constant(encoded)), training=False),
+                tf.float32,
+            )
         ).numpy()
         report["saved_model"] = {
             "path": target,
@@ -152,9 +141,7 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
             continue
         data = _tflite(run, kind, images)
         target = os.path.join(folder, f"model_{kind}.tflite")
-        with open(target + ".tmp", "wb") as f:
-            f.write(data)
-        os.replace(target + ".tmp", target)
+        fileio.write_atomic(target, data)
         got = run_tflite(data, images)
         report[kind] = {
             "path": target,
@@ -163,21 +150,6 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
             "argmax_agreement": float(np.mean(got.argmax(1) == reference.argmax(1))),
         }
     return report
-
-
-def _decode(run: scoring.Run, encoded: list[bytes]) -> tf.Tensor:
-    config = scoring.eval_config(run, "")
-    return tf.stack(
-        [
-            pipeline.eval_example(
-                tf.constant(e),
-                size=run.image_size,
-                crop_fraction=float(config.data.eval_crop_fraction),
-                normalization=config.data.normalization,
-            )
-            for e in encoded
-        ]
-    )
 
 
 def main(argv):

@@ -447,17 +447,20 @@ class Trainer:
         # validation split, the final ones.
         kept = self.model.get_weights()
         best = os.path.join(self.model_dir, "best.weights.h5")
+        swapped = False
         if tf.io.gfile.exists(best):
             self.model.load_weights(best)
         elif self.ema is not None:
             self.ema.swap()
+            swapped = True
         try:
             self.model.save(os.path.join(folder, "model.keras"))
             self.model.export(os.path.join(folder, "saved_model"), verbose=False)
         finally:
-            self.model.set_weights(kept)
-            if not tf.io.gfile.exists(best) and self.ema is not None:
+            if swapped:  # swapping back restores both the weights and the averages
                 self.ema.swap()
+            else:
+                self.model.set_weights(kept)
 
     # ---------------------------------------------------------------------------------------
     # The run

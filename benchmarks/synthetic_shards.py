@@ -1,0 +1,13 @@
+"""Synthetic fundus shards for the benchmarks (no TensorFlow at import: the builder's spawned
+workers re-import the launching script)."""
+
+import os
+
+
+def build(folder: str, size: int, num_images: int, val_fraction: float = 0.0) -> None:
+    from effdr_tf.data import builder
+    from effdr_tf.data.sources import make_source
+
+    source = make_source("synthetic_dr", num_images=num_images, seed=0, image_size=size)
+    options = builder.BuildOptions(image_size=size, val_fraction=val_fraction)
+    builder.build(source, folder, options, workers=os.cpu_count() or 1, progress=False)
