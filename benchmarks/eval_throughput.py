@@ -26,7 +26,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 from absl import app, flags  # noqa: E402
 
@@ -39,8 +38,7 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
 
 
 def make_run(run_dir, data_dir):
-    import default
-
+    from configs import default
     from effdr_tf import models
 
     config = default.get_config(_VARIANT.value)

@@ -26,9 +26,6 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-)
 
 from absl import app, flags  # noqa: E402
 
@@ -64,10 +61,10 @@ def _peer_images(data_dir, size, seed=0):
 
 
 def pipelines(data_dir, size):
-    import default
     import keras
     import tensorflow as tf
 
+    from configs import default
     from effdr_tf.pipeline import input as pipeline
 
     config = default.get_config()

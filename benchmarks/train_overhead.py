@@ -29,7 +29,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 from absl import app, flags  # noqa: E402
 
@@ -46,7 +45,7 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Our checkpoin
 
 
 def make_config(data_dir):
-    import default
+    from configs import default
 
     config = default.get_config(_VARIANT.value)
     config.data.data_dir = data_dir

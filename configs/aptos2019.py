@@ -3,7 +3,7 @@
 --config=configs/aptos2019.py:b5 --config.model.weights=PATH
 """
 
-import default
+from configs import default
 
 
 def get_config(arg: str | None = None):

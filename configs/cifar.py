@@ -4,7 +4,7 @@
 --config=configs/cifar.py:b0,transfer     transfer: SGD 1e-3, momentum 0.99, patience 1
 """
 
-import default
+from configs import default
 
 
 def get_config(arg: str | None = None):

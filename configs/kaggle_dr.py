@@ -6,7 +6,7 @@ Pass the pretrained checkpoint with --config.model.weights=PATH (e.g. a timm
 tf_efficientnet_b5.ns_jft_in1k file, the thesis's best starting point).
 """
 
-import default
+from configs import default
 
 
 def get_config(arg: str | None = None):

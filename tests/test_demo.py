@@ -1,16 +1,81 @@
-"""The quickstart demo: real ImageNet weights, converted once and reused, classify correctly."""
+"""The quickstart demo, shortened (600 photographs, 90 steps): the demo's config through build,
+train, evaluate and explain, as the `demo.py` command runs it."""
 
+import csv
+import json
 import os
 
+import cv2
+import pytest
+
 from effdr_tf import demo
+from tests import browser
+from tests.conftest import run_command
 
 
-def test_demo_classifies_sample_photographs(tmp_path, capsys):
-    results = demo.run(str(tmp_path))
-    assert results["chelsea"][0] == 285 and results["coffee"][0] == 967
-    weights = tmp_path / "lite0_imagenet.weights.h5"
-    assert weights.exists()
-    stamp = os.stat(weights).st_mtime_ns
-    demo.run(str(tmp_path))  # second run reuses the converted file
-    assert os.stat(weights).st_mtime_ns == stamp
-    assert "using" in capsys.readouterr().out
+def test_demo_end_to_end_writes_every_promised_output(tmp_path, capsys):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    result = run_command(
+        "demo.py",
+        f"--out_dir={out}",
+        "--num_images=600",
+        "--config.train.steps_per_epoch=45",  # the demo's recipe and size, fewer steps
+        env={"EFFDR_CACHE": str(cache)},
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stdout = result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+
+    manifest = json.loads((out / "tfrecords" / "manifest.json").read_text())
+    assert manifest["image_size"] == 160 and manifest["num_written"] == 600
+    assert manifest["splits"]["test"]["count"] == 120
+
+    run = out / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["variant"] == "lite0" and config["train"]["deterministic"] is True
+    assert config["model"]["weights"].startswith(str(cache))  # the converted ImageNet weights
+    assert (run / "export" / "model.keras").stat().st_size > 1_000_000
+    assert (run / "export" / "saved_model" / "saved_model.pb").exists()
+    assert (run / "best.weights.h5").exists() and any((run / "checkpoints").iterdir())
+    for logs in ("train", "eval"):  # TensorBoard event files with content
+        events = [p for p in (run / logs).iterdir() if "tfevents" in p.name]
+        assert events and max(p.stat().st_size for p in events) > 1000
+    with open(run / "log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [45, 90]
+
+    evaluation = out / "eval"
+    test = json.loads((evaluation / "metrics.json").read_text())["splits"]["test"]
+    assert test["count"] == 120 and test["kappa"] == pytest.approx(summary["test_kappa"])
+    assert test["kappa"] > 0.6  # learning happened (0.94 when measured; the full demo: 0.97)
+    with open(evaluation / "predictions_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 120
+    assert 'data-figures-loaded="8/8"' in browser.dom_after_load(evaluation / "report.html")
+
+    # Grad-CAM from the last convolutional stage points at the drawn lesions of every test
+    # photograph with referable DR.
+    focus = summary["gradcam"]["lesion_focus"]
+    assert focus["images"] == sum(int(r["label"]) >= 2 for r in rows)
+    assert focus["inside"] > focus["outside"] and focus["more_inside"] >= 0.75, focus
+    files = summary["gradcam"]["files"]
+    assert sorted(p.name for p in (out / "gradcam").iterdir()) == sorted(files)
+    assert len(files) == 7  # six referable photographs and one grade 0
+    for name in files:
+        image = cv2.imread(str(out / "gradcam" / name))
+        assert image is not None and image.shape == (160, 160, 3)
+
+    # What the newcomer reads: each stage, every output's place, the TensorBoard command.
+    for stage in range(1, 6):
+        assert f"[{stage}/5]" in stdout
+    for path in (evaluation / "report.html", evaluation / "metrics.json", out / "gradcam", run):
+        assert str(path) in stdout
+    assert f"tensorboard --logdir {run}" in stdout
+    assert f"quadratic weighted kappa {summary['test_kappa']:.3f}" in stdout
+
+    # The converted weights are cached: converted once, then reused untouched.
+    assert "converted efficientnet-lite0" in stdout
+    path = demo.lite0_weights(str(cache))
+    stamp = os.stat(path).st_mtime_ns
+    assert demo.lite0_weights(str(cache)) == path and os.stat(path).st_mtime_ns == stamp
+    assert "using the converted weights" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import cv2
 import ml_collections
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sklearn import metrics as skm
 
 from effdr_tf.evaluation import clinical, evaluate, metrics, scoring
 from effdr_tf.training import loop
+from tests import browser
 from tests.conftest import REPO, run_command
 from tests.test_pipeline import build_tiny
 
@@ -212,6 +214,20 @@ def test_eval_writes_metrics_predictions_figures_and_report(trained_run, tmp_pat
     for source in parser.sources:
         assert (out / source).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "87.08" in (out / "report.html").read_text()  # the reference numbers beside ours
+
+    # In a real browser: every figure decodes, and the page renders tables and coloured plots.
+    assert 'data-figures-loaded="8/8"' in browser.dom_after_load(out / "report.html")
+    shot = cv2.imread(str(browser.screenshot(out / "report.html", tmp_path / "report.png")))
+    assert shot.shape[:2] == (3000, 1280)
+    colourful = np.abs(shot.astype(int) - shot.mean(axis=2, keepdims=True)).max(axis=2) > 40
+    assert colourful.mean() > 0.01  # plot lines and confusion-matrix cells, not a blank page
+    assert (shot < 100).all(axis=2).mean() > 0.001  # text
+    # A copy without its figures says so on the page.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "report.html").write_text((out / "report.html").read_text())
+    dom = browser.dom_after_load(bare / "report.html")
+    assert 'data-figures-loaded="0/8"' in dom and "8 of 8 figures could not be loaded" in dom
 
 
 def test_eval_bad_inputs_exit_2_with_one_line(trained_run, tmp_path):

@@ -2,13 +2,13 @@
 
 import dataclasses
 import os
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from configs import default
 from effdr_tf import constants
 from effdr_tf.data import builder
 from effdr_tf.data.schema import Record
@@ -16,10 +16,6 @@ from effdr_tf.data.sources import Source
 from effdr_tf.errors import EffdrError
 from effdr_tf.pipeline import balance
 from effdr_tf.pipeline import input as pipeline
-from tests.conftest import REPO
-
-sys.path.insert(0, str(REPO / "configs"))
-import default  # noqa: E402
 
 EYEPACS_COUNTS = (25810, 2443, 5292, 873, 708)
 

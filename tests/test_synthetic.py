@@ -70,3 +70,22 @@ def test_deterministic_for_a_seed():
     c, _ = synthetic.generate(3, 17, seed=6, size=448, eye="left")
     np.testing.assert_array_equal(a, b)
     assert np.abs(a.astype(int) - c).mean() > 1
+
+
+def test_lesion_view_is_what_the_builder_writes_with_its_lesions_aligned():
+    from effdr_tf.data.sources.synthetic_dr import SyntheticDR
+
+    source = SyntheticDR(num_images=40, seed=5, image_size=96)
+    record = next(r for r in source.scan() if r.label >= 3)
+    image, lesions = source.lesion_view(record, 96)
+    np.testing.assert_array_equal(image, fundus.preprocess(source.load(record), "crop", 96))
+    assert lesions.shape == (96, 96) and lesions.max() > 0.9
+    # Painted lesions are dark red or pale: where the map is high the image differs from the
+    # same photograph drawn without lesions; where it is zero it does not.
+    index = int(record.path.rsplit("/", 1)[1])
+    bare, _ = synthetic.generate(
+        record.label, index, 5, size=source.work_size, eye=record.eye, lesions=False
+    )
+    bare = fundus.preprocess(bare, "crop", 96).astype(np.float32)
+    change = np.abs(image.astype(np.float32) - bare).max(axis=2)
+    assert change[lesions > 0.5].mean() > 5 * max(change[lesions == 0].mean(), 1.0)

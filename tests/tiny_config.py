@@ -1,11 +1,6 @@
 """A config small enough to train in seconds on CPU: the tiny variant on 32-px images."""
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
-
-import default  # noqa: E402
+from configs import default
 
 
 def get_config(arg=None):

@@ -51,3 +51,36 @@ def overlay_png(image_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) ->
     if not ok:
         raise ValueError("cannot encode the overlay")
     return data.tobytes()
+
+
+def lesion_focus(heat, lesions, region=None, inside: float = 0.5, outside: float = 0.02) -> dict:
+    """How much of the heat lies on known lesions (synthetic data, where they are drawn).
+
+    Args:
+        heat: [B, H, W] Grad-CAM maps in [0, 1].
+        lesions: [B, H, W] lesion opacity in [0, 1]; pixels above ``inside`` count as lesion,
+            below ``outside`` as background (the soft edges in between count as neither).
+        region: optional [B, H, W] bool, where background may lie (e.g. the fundus disc, so the
+            black corners, which no model looks at, do not flatter the comparison).
+
+    Returns:
+        {"inside": mean over images of the mean heat on lesions, "outside": the same on the
+        background, "more_inside": the share of images with more heat on their lesions than
+        on their background, "images": how many images had both}.
+    """
+    heat, lesions = np.asarray(heat, np.float32), np.asarray(lesions, np.float32)
+    region = np.ones(heat.shape, bool) if region is None else np.asarray(region, bool)
+    on, off = [], []
+    for h, lesion, keep in zip(heat, lesions, region, strict=True):
+        inner, outer = lesion > inside, (lesion < outside) & keep
+        if inner.any() and outer.any():
+            on.append(float(h[inner].mean()))
+            off.append(float(h[outer].mean()))
+    if not on:
+        return {"inside": None, "outside": None, "more_inside": None, "images": 0}
+    return {
+        "inside": float(np.mean(on)),
+        "outside": float(np.mean(off)),
+        "more_inside": float(np.mean(np.greater(on, off))),
+        "images": len(on),
+    }

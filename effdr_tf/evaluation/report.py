@@ -29,6 +29,23 @@ td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 img { max-width: 32%; margin: 0.3em; border: 1px solid #eee; }
 .note { color: #555; font-size: 0.9em; }
+#missing { display: none; background: #fde8e8; border: 1px solid #c33; padding: 0.5em 1em; }
+"""
+
+# After loading, the page counts its figures that decoded (body data-figures-loaded="k/n") and
+# shows a warning when some did not, e.g. when report.html was copied without its PNG files.
+LOAD_CHECK = """
+window.addEventListener("load", () => {
+  const figures = Array.from(document.images);
+  const loaded = figures.filter((img) => img.complete && img.naturalWidth > 0).length;
+  document.body.dataset.figuresLoaded = loaded + "/" + figures.length;
+  if (loaded < figures.length) {
+    const box = document.getElementById("missing");
+    box.textContent = (figures.length - loaded) + " of " + figures.length +
+      " figures could not be loaded: keep the PNG files beside report.html.";
+    box.style.display = "block";
+  }
+});
 """
 
 
@@ -133,6 +150,7 @@ def render(results: dict, figures: dict, provenance: dict, class_names) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>effdr_tf evaluation</title>
 <style>{STYLE}</style></head><body>
 <h1>Diabetic retinopathy grading: evaluation</h1>
+<p id="missing"></p>
 {facts}
 <p class="note">Operating points are thresholds on P(grade ≥ 2) chosen on the validation split
 (the highest reaching 97.5 % sensitivity, the lowest reaching 98.1 % specificity) and applied
@@ -141,5 +159,6 @@ unchanged to the other splits. Intervals: percentile bootstrap over images.</p>
 <h2>Published results, for reference</h2>
 <p class="note">These are other work's figures on real datasets, not results of this run.</p>
 {reference}
+<script>{LOAD_CHECK}</script>
 </body></html>
 """

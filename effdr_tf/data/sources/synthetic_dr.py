@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from effdr_tf.data import synthetic
+from effdr_tf.data import fundus, synthetic
 from effdr_tf.data.schema import Record
 from effdr_tf.data.sources import base
 from effdr_tf.errors import EffdrError
@@ -65,3 +65,19 @@ class SyntheticDR(base.Source):
             record.label, index, self.seed, size=self.work_size, eye=record.eye
         )
         return image
+
+    def lesion_view(self, record, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The photograph as the builder's ``crop`` mode writes it at ``size``, and its lesion
+        opacity map cropped and resized the same way (to check where explanations point).
+
+        Returns:
+            (RGB uint8 [size, size, 3], float32 [size, size] in [0, 1]).
+        """
+        index = int(record.path.rsplit("/", 1)[1])
+        image, lesions = synthetic.generate(
+            record.label, index, self.seed, size=self.work_size, eye=record.eye
+        )
+        x0, y0, x1, y1 = fundus.find_disc(image)
+        opacity = np.round(lesions[y0:y1, x0:x1] * 255).astype(np.uint8)
+        opacity = fundus.resize_and_pad(np.repeat(opacity[..., None], 3, axis=2), size)
+        return fundus.resize_and_pad(image[y0:y1, x0:x1], size), opacity[..., 0] / np.float32(255)
