@@ -242,6 +242,23 @@ def test_command_line_errors_exit_2(tiny_data, tmp_path, args, message):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "recipe", ["default.py", "kaggle_dr.py:b5", "kaggle_dr.py:b5,paper", "aptos2019.py:b3",
+               "cifar.py:b0,transfer", "demo.py"]
+)  # fmt: skip
+def test_every_shipped_config_loads_from_the_command_line(tmp_path, recipe):
+    """The README's commands: each recipe file loads (they import configs/default.py) and the
+    run gets as far as checking the data folder."""
+    missing = tmp_path / "no_such_data"
+    result = run_command(
+        "train.py", f"--config=configs/{recipe}", f"--data_dir={missing}",
+        f"--model_dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-1500:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(missing) in errors[0], result.stderr[-1500:]
+
+
 def _final_weights(path):
     with h5py.File(path) as f:
         arrays = []
