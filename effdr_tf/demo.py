@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -60,6 +61,15 @@ def lite0_weights(folder: str | None = None) -> str:
     os.replace(partial, path)
     print(f"      converted {info['source']} -> {path}")
     return path
+
+
+def _tensorboard() -> str:
+    """The tensorboard command of this environment, as a path the user can paste."""
+    path = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    if not os.path.exists(path):
+        return "tensorboard"
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else path
 
 
 def _stage(number: int, text: str) -> float:
@@ -188,7 +198,6 @@ def run(config, out_dir: str = "out/demo", *, num_images: int = 2000, image_size
         "(and export/saved_model)\n"
         f"  TFRecords     {paths['tfrecords']}/\n"
         f"  summary       {os.path.join(out_dir, 'summary.json')}\n"
-        f"TensorBoard:    tensorboard --logdir {paths['run']}"
-        "   (from .venv/bin, or after `source .venv/bin/activate`)"
+        f"TensorBoard:    {_tensorboard()} --logdir {paths['run']}"
     )
     return result

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import cohen_kappa_score
 
+from effdr_tf import models
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import metrics
 from effdr_tf.training import loop, recipes
@@ -242,16 +243,29 @@ def test_command_line_errors_exit_2(tiny_data, tmp_path, args, message):
     assert not out.exists()
 
 
-@pytest.mark.parametrize(
-    "recipe", ["default.py", "kaggle_dr.py:b5", "kaggle_dr.py:b5,paper", "aptos2019.py:b3",
-               "cifar.py:b0,transfer", "demo.py"]
-)  # fmt: skip
-def test_every_shipped_config_loads_from_the_command_line(tmp_path, recipe):
-    """The README's commands: each recipe file loads (they import configs/default.py) and the
-    run gets as far as checking the data folder."""
+SHIPPED_RECIPES = ["default.py", "kaggle_dr.py:b5", "kaggle_dr.py:b5,paper", "aptos2019.py:b3",
+                   "cifar.py:b0", "cifar.py:b0,transfer", "demo.py"]  # fmt: skip
+
+
+def test_every_shipped_config_loads_as_train_py_loads_it():
+    """Each recipe file loads through the config flag, as train.py's --config does (they
+    import configs/default.py), and names a variant the scaling table has."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    for recipe in SHIPPED_RECIPES:
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=values)
+        values(["train.py", f"--config={REPO / 'configs' / recipe}"])
+        config = values.config
+        assert config.variant in models.VARIANTS, recipe
+        assert config.train.epochs > 0 and config.data.batch_size > 0, recipe
+
+
+def test_the_readme_training_command_gets_to_the_data_check(tmp_path):
     missing = tmp_path / "no_such_data"
     result = run_command(
-        "train.py", f"--config=configs/{recipe}", f"--data_dir={missing}",
+        "train.py", "--config=configs/kaggle_dr.py:b5", f"--data_dir={missing}",
         f"--model_dir={tmp_path / 'run'}",
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-1500:]

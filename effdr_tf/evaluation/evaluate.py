@@ -155,6 +155,11 @@ def evaluate(
         "test-time augmentation": tta,
         "operating points from": summary["thresholds_from"] or "none (no validation split)",
     }
+    if (manifest.get("source") or {}).get("synthetic"):
+        provenance["note"] = (
+            "semi-synthetic photographs with drawn lesions: these results say nothing about "
+            "clinical performance"
+        )
     page = report.render(results, figures, provenance, names)
     fileio.write_atomic(os.path.join(out_dir, "report.html"), page)
     summary["out_dir"] = out_dir
