@@ -620,19 +620,24 @@ def _flat(tree, prefix=""):
 
 
 def single_threaded_kernels() -> bool:
-    """One thread per op, so that every step is bit-exact from run to run.
+    """One op at a time on one thread, so that every step is bit-exact from run to run.
 
-    enable_op_determinism is not enough on CPU: multi-threaded kernels (measured: the filter
+    enable_op_determinism is not enough on CPU. Multi-threaded kernels (measured: the filter
     gradient of EfficientNet's 1x1 head convolution) sum partial results in an order that varies
-    between runs, about 1e-5 relative, and training amplifies that into different predictions.
-    tf.data keeps its own threads, so input preparation still runs in parallel. Must run before
-    TensorFlow executes its first op; returns False (and warns) when it is too late.
+    between runs, about 1e-5 relative; and with one thread per op, ops that run side by side
+    still give run-to-run differences (measured with dropout off and oneDNN off). Training
+    amplifies either into different predictions. tf.data keeps its own threads, so input
+    preparation still runs in parallel. Must run before TensorFlow executes its first op;
+    returns False (and warns) when it is too late.
     """
+    threading = tf.config.threading
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
+        threading.set_intra_op_parallelism_threads(1)
+        threading.set_inter_op_parallelism_threads(1)
         return True
     except RuntimeError:
-        if tf.config.threading.get_intra_op_parallelism_threads() == 1:
+        if (threading.get_intra_op_parallelism_threads(),
+                threading.get_inter_op_parallelism_threads()) == (1, 1):  # fmt: skip
             return True
         log.warning(
             "train.deterministic: TensorFlow was already running with several threads per "
