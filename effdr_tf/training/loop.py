@@ -656,8 +656,15 @@ def train(
 ) -> dict:
     """Trains (or resumes training) per ``config`` into ``model_dir``; returns the last
     epoch's metrics."""
-    if config.train.deterministic:
+    if config.train.deterministic and strategy == "default":
         single_threaded_kernels()
+    elif config.train.deterministic:
+        # Replicas' collectives wait for each other: one op at a time would deadlock them.
+        log.warning(
+            "train.deterministic under --strategy=%s: ops stay multi-threaded, so results are "
+            "reproducible only up to float rounding (about 1e-5 relative)",
+            strategy,
+        )
     strategy_obj = distribute.make_strategy(strategy, tpu)
     try:
         return Trainer(config, model_dir, strategy_obj, progress=progress).run()
