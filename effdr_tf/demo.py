@@ -85,11 +85,11 @@ def explain(run_dir: str, source, data_dir: str, out_dir: str, overlays: int = 6
 
     from effdr_tf.data import fundus
     from effdr_tf.evaluation import gradcam, scoring
+    from effdr_tf.pipeline.input import load_manifest
 
     run = scoring.load_run(run_dir)
     size = run.image_size
-    with open(os.path.join(data_dir, "manifest.json")) as f:
-        prep = json.load(f)["preprocessing"]
+    prep = load_manifest(data_dir)["preprocessing"]
     test = [r for r in source.scan() if r.split == "test"]
     chosen = [r for r in test if r.label >= 2] + [r for r in test if r.label == 0][:1]
     os.makedirs(out_dir, exist_ok=True)
@@ -112,8 +112,7 @@ def explain(run_dir: str, source, data_dir: str, out_dir: str, overlays: int = 6
                     os.path.join(out_dir, name), gradcam.overlay_png(image, heat[i])
                 )
                 files.append(name)
-    focus = gradcam.lesion_focus(heat_on, lesions, region=discs) if heat_on else {"images": 0}
-    return {"files": files, "lesion_focus": focus}
+    return {"files": files, "lesion_focus": gradcam.lesion_focus(heat_on, lesions, region=discs)}
 
 
 def run(config, out_dir: str = "out/demo", *, num_images: int = 2000, image_size: int = 160):

@@ -59,12 +59,14 @@ class SyntheticDR(base.Source):
                 split="test" if patient in test else "train",
             )
 
-    def load(self, record, min_side=None):
+    def _generate(self, record) -> tuple[np.ndarray, np.ndarray]:
         index = int(record.path.rsplit("/", 1)[1])
-        image, _ = synthetic.generate(
+        return synthetic.generate(
             record.label, index, self.seed, size=self.work_size, eye=record.eye
         )
-        return image
+
+    def load(self, record, min_side=None):
+        return self._generate(record)[0]
 
     def lesion_view(self, record, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The photograph as the builder's ``crop`` mode writes it at ``size``, and its lesion
@@ -73,10 +75,7 @@ class SyntheticDR(base.Source):
         Returns:
             (RGB uint8 [size, size, 3], float32 [size, size] in [0, 1]).
         """
-        index = int(record.path.rsplit("/", 1)[1])
-        image, lesions = synthetic.generate(
-            record.label, index, self.seed, size=self.work_size, eye=record.eye
-        )
+        image, lesions = self._generate(record)
         x0, y0, x1, y1 = fundus.find_disc(image)
         opacity = np.round(lesions[y0:y1, x0:x1] * 255).astype(np.uint8)
         opacity = fundus.resize_and_pad(np.repeat(opacity[..., None], 3, axis=2), size)
