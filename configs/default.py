@@ -64,8 +64,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.bn_momentum = 0.99  # tensorflow/tpu: batch_norm_momentum 0.99
     config.model.bn_epsilon = 1e-3  # tensorflow/tpu: batch_norm_epsilon 1e-3
     # Batch statistics across replicas (the reference's TPU cross-replica BN); with it a
-    # multi-replica step equals a single-device step on the same global batch.
-    config.model.sync_batch_norm = True
+    # multi-replica step equals a single-device step on the same global batch. None (auto): on
+    # for several replicas on one host (TPU, mirrored GPUs), off across machines, where its
+    # three all-reduces per BN layer per pass cross the network (B5: 116 BN layers). Measured
+    # cost on one host: benchmarks/distributed_step.py.
+    config.model.sync_batch_norm = ml_collections.config_dict.placeholder(bool)
 
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 10
@@ -94,8 +97,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.freeze_backbone_epochs = 0
     config.train.unfreeze_stages_per_epoch = 0  # after the frozen epochs; 0: all at once
     config.train.mixed_precision = "auto"  # auto, float32, mixed_float16, mixed_bfloat16
-    config.train.jit_compile = False  # XLA is ~6x slower than plain TF on CPU (benchmarks/)
-    config.train.steps_per_execution = 1
+    # None (auto): XLA on GPU and TPU; off on CPU, where it is ~6x slower (benchmarks/).
+    config.train.jit_compile = ml_collections.config_dict.placeholder(bool)
+    # Steps per host call; 0 (auto): 100 on TPU (a host loop in one tf.function), 1 elsewhere.
+    config.train.steps_per_execution = 0
     config.train.checkpoint_every_steps = 500
     config.train.keep_checkpoints = 3
     config.train.checkpoint_input = True  # data position in checkpoints (exact resume)
@@ -149,4 +154,26 @@ def thesis_dr_finetune_recipe(config: ml_collections.ConfigDict) -> ml_collectio
     config.data.eval_batch_size = 16
     config.data.train_crop = "fundus"
     config.data.eval_crop_fraction = 1.0  # shards are already cropped to the fundus disc
+    return config
+
+
+# Images per TPU core in the TPU recipes: 8 cores of a v3-8 / v4-8 TPU VM take 64 images a step.
+# The thesis's batch of 8 would put one image on each core: batch statistics over one image and
+# cores that mostly wait.
+TPU_IMAGES_PER_CORE = 8
+TPU_CORES = 8
+
+
+def tpu_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Scales a recipe to a TPU VM: the global batch fills the cores, and the learning rate
+    follows the batch by the linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch
+    SGD"; tensorflow/tpu states its rate per 256 images the same way)."""
+    batch = TPU_IMAGES_PER_CORE * TPU_CORES
+    t = config.train
+    if t.lr_scaling != "linear":  # make the configured rate a rate per 256 images
+        t.learning_rate = t.learning_rate * 256.0 / config.data.batch_size
+        t.lr_scaling = "linear"
+    config.data.batch_size = batch
+    config.data.eval_batch_size = batch
+    t.mixed_precision = "mixed_bfloat16"  # the TPU's native type (what "auto" picks there)
     return config

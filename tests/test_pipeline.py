@@ -244,3 +244,30 @@ def test_normalization_presets_in_the_pipeline(eyepacs_like):
     x = next(iter(pipeline.make_dataset(raw, "test")))[0].numpy()
     y = next(iter(pipeline.make_dataset(norm, "test")))[0].numpy()
     np.testing.assert_allclose(y, x / 127.5 - 1.0, atol=1e-5)
+
+
+def test_hosts_partition_a_class_that_has_fewer_shards_than_hosts(tmp_path):
+    manifest = build_tiny(tmp_path, {"train": [9, 7, 6, 6, 6]})
+    config = config_for(tmp_path)
+    shards = pipeline.split_shards(str(tmp_path), "train", manifest=manifest)
+    hosts = 3
+    per_host = []
+    for host in range(hosts):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=hosts, input_pipeline_id=host, num_replicas_in_sync=hosts
+        )
+        # Each host mixes with its own seed (make_dataset's), as in training.
+        streams = pipeline.class_streams(shards, 5, context, config, seed=7919 * host)
+        ids = {}
+        for c, stream in streams.items():
+            # Several passes (the streams repeat, and shuffle across pass boundaries).
+            ids[c] = [
+                pipeline.parse(r)[constants.FEATURE_ID].numpy().decode() for r in stream.take(40)
+            ]
+        per_host.append(ids)
+    for c in range(5):
+        class_shards = [s for s in shards if s["class_counts"].get(str(c))]
+        assert len(class_shards) < hosts
+        parts = [set(ids[c]) for ids in per_host]
+        assert all(parts) and sum(len(p) for p in parts) == len(set.union(*parts))  # disjoint
+        assert len(set.union(*parts)) == manifest["splits"]["train"]["class_counts"][str(c)]

@@ -2,7 +2,6 @@
 
 import glob
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from effdr_tf import models
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import metrics
 from effdr_tf.training import loop, recipes
+from effdr_tf.training import step as step_lib
 from tests.conftest import REPO, run_command
 from tests.test_pipeline import build_tiny, default
 
@@ -123,7 +123,7 @@ def test_learning_rate_follows_the_reference_formula():
 
 def test_ema_follows_the_warmup_ramp():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
-    ema = recipes.EMA(model, decay=0.9999)
+    ema = step_lib.EMA(model, decay=0.9999)
     w0 = model.weights[0].numpy().copy()
     model.weights[0].assign(w0 + 1.0)
     ema.update(tf.constant(1))
@@ -168,7 +168,7 @@ def test_jit_compiled_step_with_mixed_bfloat16(tiny_data, tmp_path):
         trainer = loop.Trainer(config, str(tmp_path), tf.distribute.get_strategy(), progress=False)
         assert trainer.model.get_layer("top_conv").compute_dtype == "bfloat16"
         trainer._refresh_trainability(0)
-        loss, _, confusion = trainer._train_fn(trainer.iterator, tf.constant(2))
+        loss, _, confusion, _ = trainer._train_fn(trainer.iterator, tf.constant(2))
         assert np.isfinite(float(loss)) and int(confusion.numpy().sum()) == 16
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -243,7 +243,8 @@ def test_command_line_errors_exit_2(tiny_data, tmp_path, args, message):
     assert not out.exists()
 
 
-SHIPPED_RECIPES = ["default.py", "kaggle_dr.py:b5", "kaggle_dr.py:b5,paper", "aptos2019.py:b3",
+SHIPPED_RECIPES = ["default.py", "kaggle_dr.py:b5", "kaggle_dr.py:b5,paper", "kaggle_dr.py:b5,tpu",
+                   "kaggle_dr.py:b5,paper,tpu", "aptos2019.py:b3",
                    "cifar.py:b0", "cifar.py:b0,transfer", "demo.py"]  # fmt: skip
 
 
@@ -366,7 +367,7 @@ def run(strategy, weights=None):
     batch = next(iter(dist))
     @tf.function
     def step(x, y):
-        loss, reg, _, grads = strategy.run(trainer.loss_and_gradients, args=(x, y))
+        loss, reg, _, grads = strategy.run(trainer.replica_step.loss_and_gradients, args=(x, y))
         total = strategy.reduce("SUM", loss, axis=None) + strategy.reduce("SUM", reg, axis=None)
         return total, [strategy.reduce("SUM", g, axis=None) for g in grads]
     total, grads = step(*batch)
@@ -400,49 +401,6 @@ def _free_ports(n):
     for s in sockets:
         s.close()
     return ports
-
-
-def test_two_workers_train_together_and_write_one_set_of_checkpoints(tiny_data, tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    model_dir = tmp_path / "run"
-    processes = []
-    for index in range(2):
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}}
-            ),
-        }
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "train.py",
-                    f"--config={TINY_CONFIG}",
-                    f"--data_dir={tiny_data}",
-                    f"--model_dir={model_dir}",
-                    "--strategy=multi_worker",
-                    "--config.train.epochs=1",
-                    "--config.train.steps_per_epoch=3",
-                    "--config.train.export=False",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outputs = [p.communicate(timeout=600) for p in processes]
-    for p, (_, err) in zip(processes, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    losses = [out.split("train_loss=")[1].split()[0] for out, _ in outputs]
-    assert losses[0] == losses[1]
-    assert len(glob.glob(str(model_dir / "checkpoints" / "ckpt-3.index"))) == 1
-    assert sorted(os.listdir(model_dir)) == sorted(
-        ["best.weights.h5", "checkpoints", "config.json", "eval", "log.csv", "train"]
-    )
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ model = models.efficientnet("b5", num_classes=5, weights="tf_efficientnet_b5_ns.
 models.convert("tf_efficientnet_b5_ns.pth", "b5_ns.weights.h5", variant="b5")
 """
 
-from effdr_tf.models.factory import convert, efficientnet
+from effdr_tf.models.factory import convert, efficientnet, float32_copy
 from effdr_tf.models.network import (
     VARIANTS,
     architecture,
@@ -23,6 +23,7 @@ __all__ = [
     "canonical_variant",
     "convert",
     "efficientnet",
+    "float32_copy",
     "read_checkpoint",
     "variant_names",
 ]

@@ -154,3 +154,40 @@ def convert(
             os.remove(tmp)
         raise
     return {**info, "dst": str(dst)}
+
+
+def float32_copy(model):
+    """The same model computing in float32 throughout, with the same weights.
+
+    A model trained under ``mixed_float16`` or ``mixed_bfloat16`` keeps that policy in every
+    layer's config, so a saved copy would run low-precision convolutions on a CPU and would not
+    convert to TFLite. Batch norm is also made per-device here (synchronised statistics mean
+    nothing outside training). Returns ``model`` itself when there is nothing to change.
+    """
+    import keras
+
+    def needs_change(layer):
+        config = layer.get_config()
+        policy = getattr(layer, "dtype_policy", None)
+        low = policy is not None and policy.compute_dtype != "float32"
+        return low or bool(config.get("synchronized"))
+
+    if not any(needs_change(layer) for layer in model.layers):
+        return model
+
+    def rebuild(layer):
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        if config.get("synchronized"):
+            config["synchronized"] = False
+        return layer.__class__.from_config(config)
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")  # sublayers created in a layer's __init__
+    try:
+        copy = keras.models.clone_model(model, clone_function=rebuild)
+    finally:
+        keras.config.set_dtype_policy(before)
+    copy.set_weights(model.get_weights())
+    return copy

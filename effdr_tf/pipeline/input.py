@@ -290,12 +290,14 @@ def class_streams(shards, num_classes, input_context, config, seed) -> dict:
         if not paths:
             continue
         mine, shard_records = _for_this_host(sorted(paths), input_context)
+        # Fewer files than hosts: every host reads the class's files in one order (same seed,
+        # deterministic interleave) and keeps every n-th record, a partition of the class.
         records = record_stream(
             mine,
             cycle=config.data.interleave_cycle,
-            deterministic=config.data.deterministic,
+            deterministic=config.data.deterministic or shard_records,
             cache=_cache_for(config.data.cache, f"class{c}"),
-            repeat_shuffled_seed=seed + c,
+            repeat_shuffled_seed=(int(config.seed) if shard_records else seed) + c,
         )
         if shard_records:
             records = records.shard(

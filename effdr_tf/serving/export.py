@@ -21,7 +21,6 @@ returned (and printed by the command).
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +29,7 @@ from effdr_tf import fileio
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import clinical, scoring
 from effdr_tf.pipeline import input as pipeline
+from effdr_tf.training import checkpointing
 
 FORMATS = ("saved_model", "float32", "float16", "int8")
 
@@ -109,18 +109,17 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
         raise EffdrError(f"--formats: unknown {', '.join(unknown)}; choose from {FORMATS}")
     run = scoring.load_run(model_dir)
     folder = os.path.join(model_dir, "serving")
-    os.makedirs(folder, exist_ok=True)
+    tf.io.gfile.makedirs(folder)
     images, encoded = _samples(run, check_images)
     reference = tf.nn.softmax(tf.cast(run.model(images, training=False), tf.float32)).numpy()
     report = {}
     if "saved_model" in formats:
         target = os.path.join(folder, "saved_model_bytes")
-        tmp = target + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = checkpointing.temporary_name(target)
+        checkpointing.remove_tree(tmp)
         server = BytesServer(run)
         tf.saved_model.save(server, tmp, signatures={"serving_default": server.serve})
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        checkpointing.replace_dir(tmp, target)
         served = (
             tf.saved_model.load(target)
             .signatures["serving_default"](image_bytes=tf.constant(encoded))["probabilities"]

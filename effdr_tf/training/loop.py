@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 
 import keras
@@ -33,7 +32,8 @@ from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import metrics
 from effdr_tf.pipeline import balance
 from effdr_tf.pipeline import input as pipeline
-from effdr_tf.training import distribute, recipes
+from effdr_tf.training import checkpointing, distribute, recipes
+from effdr_tf.training import step as step_lib
 from effdr_tf.training.monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 
 class TrainingDivergedError(EffdrError):
     """The loss became NaN or infinite."""
+
+
+# Fewer images per replica than this make per-replica batch statistics and the step's
+# arithmetic intensity poor (a warning, not an error).
+MIN_PER_REPLICA_BATCH = 4
 
 
 @dataclasses.dataclass
@@ -73,6 +78,13 @@ def check_config(config, strategy) -> Setup:
         raise EffdrError(
             f"data.batch_size={global_batch} does not divide across {replicas} replicas"
         )
+    if global_batch // replicas < MIN_PER_REPLICA_BATCH:
+        log.warning(
+            "data.batch_size=%d over %d replicas gives each replica %d images; batch norm "
+            "statistics over fewer than %d images are noisy: raise the batch size (and the "
+            "learning rate with it) or use fewer replicas",
+            global_batch, replicas, global_batch // replicas, MIN_PER_REPLICA_BATCH,
+        )  # fmt: skip
     train_count = int(manifest["splits"]["train"]["count"])
     spe = recipes.steps_per_epoch(train_count, global_batch, config.train.steps_per_epoch)
     if config.train.best_metric not in ("kappa", "accuracy", "loss"):
@@ -131,7 +143,7 @@ def _diff_keys(a, b, prefix=""):
     return out
 
 
-def build_model(config, setup: Setup) -> keras.Model:
+def build_model(config, setup: Setup, strategy=None) -> keras.Model:
     dropout = config.model.dropout_rate
     model = models.efficientnet(
         config.variant,
@@ -144,7 +156,7 @@ def build_model(config, setup: Setup) -> keras.Model:
         drop_connect_rate=config.model.drop_connect_rate,
         bn_momentum=config.model.bn_momentum,
         bn_epsilon=config.model.bn_epsilon,
-        bn_synchronized=bool(config.model.sync_batch_norm),
+        bn_synchronized=distribute.sync_batch_norm(config.model.sync_batch_norm, strategy),
     )
     if config.train.freeze_bn:
         for layer in model.layers:
@@ -203,30 +215,39 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         prepare_model_dir(model_dir, config, self.chief)
         self.policy = recipes.set_precision(config.train.mixed_precision, strategy)
+        self.jit_compile = distribute.jit_compile(config.train.jit_compile, strategy)
+        self.steps_per_execution = distribute.steps_per_execution(
+            config.train.steps_per_execution, strategy
+        )
         s = self.setup
         with strategy.scope():
-            self.model = build_model(config, s)
+            self.model = build_model(config, s, strategy)
             self.schedule = recipes.make_schedule(config.train, s.steps_per_epoch, s.global_batch)
-            optimizer = recipes.make_optimizer(config.train, self.schedule)
-            if self.policy == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            self.optimizer = optimizer
+            self.optimizer = recipes.make_optimizer(config.train, self.schedule)
             # Built over every weight, so freezing and unfreezing later needs no new slots.
             self.optimizer.build(self.model.trainable_variables)
             if config.train.rms_starts_at_one:
                 recipes.start_rms_at_one(self.optimizer)
+            self.loss_scale = step_lib.LossScale() if self.policy == "mixed_float16" else None
             self.ema = (
-                recipes.EMA(self.model, config.train.ema_decay, config.train.ema_warmup)
+                step_lib.EMA(self.model, config.train.ema_decay, config.train.ema_warmup)
                 if config.train.ema_decay
                 else None
             )
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             self.best = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best")
             self.plateau_wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
-        self.class_weights = (
-            tf.constant(config.train.class_weights, tf.float32)
-            if config.train.class_weights
-            else None
+        self.replica_step = step_lib.ReplicaStep(
+            self.model,
+            self.optimizer,
+            num_classes=s.num_classes,
+            global_batch=s.global_batch,
+            num_replicas=strategy.num_replicas_in_sync,
+            label_smoothing=config.train.label_smoothing,
+            class_weights=config.train.class_weights,
+            weight_decay=config.train.weight_decay,
+            loss_scale=self.loss_scale,
+            ema=self.ema,
         )
         self.iterator = self._make_iterator(config.seed)
         tracked = {
@@ -237,6 +258,8 @@ class Trainer:
             "plateau_wait": self.plateau_wait,
             "lr_scale": self.schedule.scale,
         }
+        if self.loss_scale is not None:
+            tracked["loss_scale"] = self.loss_scale
         if self.ema is not None:
             tracked["ema"] = self.ema.averages
         # Dropout and stochastic-depth random states: a resumed run draws the same masks.
@@ -248,16 +271,14 @@ class Trainer:
         )
         if self.input_checkpointed:
             tracked["input"] = self.iterator
-        self.checkpoint = tf.train.Checkpoint(**tracked)
-        directory = os.path.join(model_dir, "checkpoints")
-        if not self.chief:  # other workers write to a scratch folder (tf.distribute convention)
-            directory = tempfile.mkdtemp(prefix=f"worker{distribute.worker_id(strategy)}_")
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, directory, max_to_keep=config.train.keep_checkpoints
+        self.checkpoints = checkpointing.Checkpoints(
+            model_dir, strategy, tracked, config.train.keep_checkpoints
         )
         self.monitor = Monitor(model_dir, self.chief)
         self._train_fn = None
         self._open_groups = None
+        self._predict_fn = None
+        self.eval_traces = 0  # how often the evaluation step was traced (benchmarks, tests)
 
     def _make_iterator(self, seed: int):
         config = self.config.copy_and_resolve_references()
@@ -270,83 +291,54 @@ class Trainer:
     # ---------------------------------------------------------------------------------------
     # The step
 
-    def loss_and_gradients(self, images, labels):
-        """(loss, L2 term, logits, gradients) on one replica's share of the global batch.
-
-        The loss is averaged over the global batch and the L2 term split across replicas, so
-        summing over replicas gives the single-device values.
-        """
-        k = self.setup.num_classes
-        with tf.GradientTape() as tape:
-            logits = tf.cast(self.model(images, training=True), tf.float32)
-            per_example = keras.losses.categorical_crossentropy(
-                tf.one_hot(labels, k),
-                logits,
-                from_logits=True,
-                label_smoothing=self.config.train.label_smoothing,
-            )
-            if self.class_weights is not None:
-                per_example *= tf.gather(self.class_weights, labels)
-            loss = tf.nn.compute_average_loss(
-                per_example, global_batch_size=self.setup.global_batch
-            )
-            reg = recipes.l2_loss(self.model, self.config.train.weight_decay)
-            reg = reg / self.strategy.num_replicas_in_sync
-            total = loss + reg
-            scaled = self.optimizer.scale_loss(total) if self.policy == "mixed_float16" else total
-        gradients = tape.gradient(scaled, self.model.trainable_variables)
-        return loss, reg, logits, gradients
-
-    def replica_step(self, images, labels):
-        """One update on one replica; returns (loss, L2 term, confusion matrix)."""
-        loss, reg, logits, gradients = self.loss_and_gradients(images, labels)
-        variables = self.model.trainable_variables
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        confusion = tf.math.confusion_matrix(
-            labels,
-            tf.argmax(logits, -1, output_type=tf.int32),
-            self.setup.num_classes,
-            dtype=tf.int64,
-        )
-        return loss, reg, confusion
-
     def _make_train_fn(self):
-        step_fn = self.replica_step
-        if self.config.train.jit_compile:
+        step_fn = self.replica_step.__call__
+        if self.jit_compile:
+            # The whole replica step, as Keras compiles train_step; a fresh tf.function each
+            # time the trainable weights change.
             step_fn = tf.function(step_fn, jit_compile=True)
         k = self.setup.num_classes
+        sum_ = tf.distribute.ReduceOp.SUM
 
         def one_step(iterator):
             images, labels = next(iterator)
-            loss, reg, conf = self.strategy.run(step_fn, args=(images, labels))
-            loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-            reg = self.strategy.reduce(tf.distribute.ReduceOp.SUM, reg, axis=None)
-            conf = self.strategy.reduce(tf.distribute.ReduceOp.SUM, conf, axis=None)
+            number = self.step + 1
+            loss, reg, conf, applied = self.strategy.run(step_fn, args=(images, labels, number))
+            loss = self.strategy.reduce(sum_, loss, axis=None)
+            reg = self.strategy.reduce(sum_, reg, axis=None)
+            conf = self.strategy.reduce(sum_, conf, axis=None)
+            # Every replica took the same decision; the first one's is the run's.
+            applied = self.strategy.experimental_local_results(applied)[0]
             self.step.assign_add(1)
-            if self.ema is not None:
-                self.ema.update(self.step)
-            return loss, reg, conf
+            return loss, reg, conf, applied
 
         @tf.function
         def single_step(iterator):
-            return one_step(iterator)
+            loss, reg, conf, applied = one_step(iterator)
+            return loss, reg, conf, 1 - applied
 
         @tf.function
         def several_steps(iterator, n):
             loss_sum = tf.constant(0.0)
             reg_sum = tf.constant(0.0)
             confusion = tf.zeros([k, k], tf.int64)
+            skipped = tf.constant(0, tf.int64)
             for _ in tf.range(n):
-                loss, reg, conf = one_step(iterator)
+                loss, reg, conf, applied = one_step(iterator)
                 loss_sum += loss
                 reg_sum += reg
                 confusion += conf
+                skipped += 1 - applied
             n_float = tf.cast(n, tf.float32)
-            return loss_sum / n_float, reg_sum / n_float, confusion
+            return loss_sum / n_float, reg_sum / n_float, confusion, skipped
 
         def train_steps(iterator, n):
-            # One step is traced without a loop: a tf.while_loop around the step costs time
-            # (grappler optimises loop bodies less) and steps_per_execution=1 is the usual case.
+            """(mean loss, mean L2 term, confusion, steps skipped for overflow) over n steps.
+
+            One step is traced without a loop: a tf.while_loop around the step costs time
+            (grappler optimises loop bodies less) and one step per call is the usual case off
+            TPUs; on TPUs n steps run in one call (a host loop) so the host is not waited on.
+            """
             if int(n) == 1:
                 return single_step(iterator)
             return several_steps(iterator, n)
@@ -356,29 +348,55 @@ class Trainer:
     # ---------------------------------------------------------------------------------------
     # Evaluation
 
-    def predict_split(self, split: str):
-        """(labels, probabilities) for every example of ``split``, on every worker."""
-        config = self.config
-        ds = pipeline.make_dataset(config, split, training=False)
-        ds = self.strategy.experimental_distribute_dataset(ds)
+    def _make_predict_fn(self):
+        """The evaluation step, traced once per run: every batch has the same shape (the last
+        one padded, with a mask), so nothing retraces and TPUs compile it once."""
+
+        def forward(images, labels, mask):
+            probs = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
+            return probs, labels, mask
 
         @tf.function
-        def predict(images, labels):
-            def forward(x, y):
-                return tf.nn.softmax(tf.cast(self.model(x, training=False), tf.float32)), y
+        def predict(images, labels, mask):
+            self.eval_traces += 1  # Python: runs at trace time only
+            return self.strategy.run(forward, args=(images, labels, mask))
 
-            return self.strategy.run(forward, args=(images, labels))
+        return predict
 
+    def eval_dataset(self, split: str):
+        """The split in fixed-shape batches of ``data.eval_batch_size``: (images, labels, mask)
+        where mask is False on the padding that fills the last batch."""
+        config = self.config
+        batch = int(config.data.eval_batch_size)
+        replicas = self.strategy.num_replicas_in_sync
+        batch = max(replicas, batch - batch % replicas)  # divides across replicas
+        size = self.setup.image_size
+        ds = pipeline.make_dataset(config, split, training=False, batch_size=batch)
+
+        def pad(images, labels):
+            n = tf.shape(labels)[0]
+            missing = batch - n
+            images = tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]])
+            labels = tf.pad(labels, [[0, missing]], constant_values=-1)
+            mask = tf.range(batch) < n
+            images = tf.ensure_shape(images, [batch, size, size, 3])
+            return images, tf.ensure_shape(labels, [batch]), tf.ensure_shape(mask, [batch])
+
+        return ds.map(pad)
+
+    def predict_split(self, split: str):
+        """(labels, probabilities) for every example of ``split``, on every worker."""
+        if self._predict_fn is None:
+            self._predict_fn = self._make_predict_fn()
+        ds = self.strategy.experimental_distribute_dataset(self.eval_dataset(split))
         labels, probabilities = [], []
-        for images, batch_labels in ds:
-            probs, ys = predict(images, batch_labels)
-            for p, y in zip(
-                self.strategy.experimental_local_results(probs),
-                self.strategy.experimental_local_results(ys),
-                strict=True,
-            ):
-                probabilities.append(p.numpy())
-                labels.append(y.numpy())
+        for images, batch_labels, mask in ds:
+            probs, ys, keep = self._predict_fn(images, batch_labels, mask)
+            local = self.strategy.experimental_local_results
+            for p, y, m in zip(local(probs), local(ys), local(keep), strict=True):
+                m = m.numpy()
+                probabilities.append(p.numpy()[m])
+                labels.append(y.numpy()[m])
         return np.concatenate(labels), np.concatenate(probabilities)
 
     def evaluate(self, split: str) -> dict:
@@ -404,18 +422,7 @@ class Trainer:
         }
 
     # ---------------------------------------------------------------------------------------
-    # Checkpoints and exports
-
-    def restore(self) -> int:
-        latest = self.manager.latest_checkpoint
-        if latest is None and not self.chief:
-            latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
-        if latest is None:
-            return 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        step = int(self.step.numpy())
-        print(f"resuming from step {step} ({latest})", flush=True)
-        return step
+    # Best weights and export
 
     def save_best(self, value: float) -> bool:
         higher = self.config.train.best_metric != "loss"
@@ -424,38 +431,27 @@ class Trainer:
             return False
         self.best.assign(value)
         if self.chief:
-            self._save_weights(os.path.join(self.model_dir, "best.weights.h5"))
+            checkpointing.save_weights(self.model, self._best_path, self.ema)
         return True
 
-    def _save_weights(self, path: str) -> None:
-        if self.ema is not None:
-            self.ema.swap()
-        try:
-            tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-            self.model.save_weights(tmp)
-            tf.io.gfile.rename(tmp, path, overwrite=True)
-        finally:
-            if self.ema is not None:
-                self.ema.swap()
+    @property
+    def _best_path(self) -> str:
+        return os.path.join(self.model_dir, checkpointing.BEST_WEIGHTS)
 
     def export(self) -> None:
+        """export/model.keras and export/saved_model in float32, holding the best weights
+        (already EMA weights when EMA is on); without a validation split, the final ones."""
         if not self.chief or not self.config.train.export:
             return
-        folder = os.path.join(self.model_dir, "export")
-        tf.io.gfile.makedirs(folder)
-        # The export holds the best weights (already EMA weights when EMA is on); without a
-        # validation split, the final ones.
         kept = self.model.get_weights()
-        best = os.path.join(self.model_dir, "best.weights.h5")
         swapped = False
-        if tf.io.gfile.exists(best):
-            self.model.load_weights(best)
+        if tf.io.gfile.exists(self._best_path):
+            self.model.load_weights(self._best_path)
         elif self.ema is not None:
             self.ema.swap()
             swapped = True
         try:
-            self.model.save(os.path.join(folder, "model.keras"))
-            self.model.export(os.path.join(folder, "saved_model"), verbose=False)
+            checkpointing.export(self.model, os.path.join(self.model_dir, "export"))
         finally:
             if swapped:  # swapping back restores both the weights and the averages
                 self.ema.swap()
@@ -481,8 +477,14 @@ class Trainer:
                 print(f"epoch {epoch + 1}: training {', '.join(groups) or 'the head only'}")
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.checkpoints.close()
+
+    def _run(self) -> dict:
         s = self.setup
-        step = self.restore()
+        step = self.checkpoints.restore(self.step)
         if step and not self.input_checkpointed:
             log.info("input position not in checkpoints: continuing on a reshuffled stream")
             self.iterator = self._make_iterator(int(self.config.seed) + 104729 * step)
@@ -502,25 +504,27 @@ class Trainer:
             )
             confusion = np.zeros((s.num_classes, s.num_classes), np.int64)
             losses = []
+            skipped = 0
             started = time.perf_counter()
             epoch_start_step = step
             print(f"epoch {epoch + 1}/{self.config.train.epochs}", flush=True)
             while step < epoch_end:
-                n = min(int(self.config.train.steps_per_execution), epoch_end - step)
+                n = min(self.steps_per_execution, epoch_end - step)
                 t0 = time.perf_counter()
-                loss, reg, conf = self._train_fn(self.iterator, tf.constant(n))
+                loss, reg, conf, overflowed = self._train_fn(self.iterator, tf.constant(n))
                 loss = float(loss.numpy())
                 step = int(self.step.numpy())
                 if not np.isfinite(loss):
-                    good = self.manager.latest_checkpoint or "none"
+                    good = self.checkpoints.latest or "none"
                     raise TrainingDivergedError(
                         f"loss became {loss} at step {step}; stopped without saving (last good "
                         f"checkpoint: {good}); lower the learning rate or check the data"
                     )
                 losses.append(loss)
                 confusion += conf.numpy()
+                skipped += int(overflowed)
                 seconds = time.perf_counter() - t0
-                lr = float(self.schedule(step))
+                lr = float(self.schedule(self.optimizer.iterations))
                 bar.update(
                     step - epoch * s.steps_per_epoch,
                     [
@@ -531,19 +535,21 @@ class Trainer:
                     ],
                 )
                 if step % max(1, self.config.train.log_every_steps) < n or step == epoch_end:
-                    self.monitor.scalars(
-                        self.monitor.train,
-                        {
-                            "loss": loss,
-                            "l2_loss": float(reg.numpy()),
-                            "learning_rate": lr,
-                            "steps_per_second": n / seconds,
-                            "images_per_second": n * s.global_batch / seconds,
-                        },
-                        step,
-                    )
-                if step - last_saved >= self.config.train.checkpoint_every_steps:
-                    self.manager.save(checkpoint_number=step)
+                    values = {
+                        "loss": loss,
+                        "l2_loss": float(reg.numpy()),
+                        "learning_rate": lr,
+                        "steps_per_second": n / seconds,
+                        "images_per_second": n * s.global_batch / seconds,
+                    }
+                    if self.loss_scale is not None:
+                        values["loss_scale"] = float(self.loss_scale.scale.numpy())
+                        values["overflow_steps"] = skipped
+                    self.monitor.scalars(self.monitor.train, values, step)
+                # The epoch's end saves after validation (with the best value): not twice.
+                every = self.config.train.checkpoint_every_steps
+                if step - last_saved >= every and step < epoch_end:
+                    self.checkpoints.save(step)
                     last_saved = step
             elapsed = time.perf_counter() - started
             train_metrics = {
@@ -561,13 +567,15 @@ class Trainer:
             row = {
                 "epoch": epoch + 1,
                 "step": step,
-                "learning_rate": float(self.schedule(step)),
+                "learning_rate": float(self.schedule(self.optimizer.iterations)),
                 "images_per_second": (step - epoch_start_step) * s.global_batch / elapsed,
                 **train_metrics,
             }
+            if self.loss_scale is not None:
+                row["overflow_steps"] = skipped
             if s.has_validation:
                 row.update(self._validate(step))
-            self.manager.save(checkpoint_number=step)
+            self.checkpoints.save(step)
             last_saved = step
             self.monitor.csv_row(row)
             self.monitor.flush()
@@ -577,7 +585,7 @@ class Trainer:
             )
             print(f"epoch {epoch + 1}: {summary}", flush=True)
         if s.total_steps and not s.has_validation and self.chief:
-            self._save_weights(os.path.join(self.model_dir, "best.weights.h5"))
+            checkpointing.save_weights(self.model, self._best_path, self.ema)
         self.export()
         self.monitor.flush()
         return history

@@ -1,4 +1,4 @@
-"""Training recipes: learning-rate schedules, optimizers, weight decay, EMA, mixed precision.
+"""Training recipes: learning-rate schedules, optimizers, weight decay, mixed precision.
 
 The numbers live in configs/ with their sources; this module turns a config into objects.
 """
@@ -125,40 +125,6 @@ def _layer_of(model, variable):
         return model.get_layer(name)
     except ValueError:
         return None
-
-
-class EMA:
-    """Exponential moving average of every model weight, batch-norm statistics included.
-
-    ``decay_t = min(decay, (1 + t) / (10 + t))`` with the warm-up ramp (tensorflow/tpu uses
-    ``tf.train.ExponentialMovingAverage(decay, num_updates=global_step)``); without the ramp,
-    a decay of 0.9999 lags far behind in short fine-tuning runs.
-    """
-
-    def __init__(self, model, decay: float, warmup: bool = True):
-        self.decay = float(decay)
-        self.warmup = bool(warmup)
-        self.model_weights = list(model.weights)
-        self.averages = [
-            tf.Variable(w, trainable=False, name=f"ema/{w.path}", dtype=w.dtype)
-            for w in self.model_weights
-        ]
-
-    def update(self, step):
-        step = tf.cast(step, tf.float32)
-        decay = tf.constant(self.decay, tf.float32)
-        if self.warmup:
-            decay = tf.minimum(decay, (1.0 + step) / (10.0 + step))
-        for average, weight in zip(self.averages, self.model_weights, strict=True):
-            d = tf.cast(decay, average.dtype)
-            average.assign(d * average + (1.0 - d) * tf.cast(weight, average.dtype))
-
-    def swap(self):
-        """Exchanges model weights and averages (call twice to undo)."""
-        for average, weight in zip(self.averages, self.model_weights, strict=True):
-            kept = tf.identity(weight)
-            weight.assign(tf.cast(average, weight.dtype))
-            average.assign(tf.cast(kept, average.dtype))
 
 
 def set_precision(policy: str, strategy) -> str:

@@ -1,0 +1,323 @@
+"""Training where users run it: several replicas in float16, several workers, TPU connection,
+host loops, exports of mixed-precision runs, and model_dir/data_dir on a bucket (ram://)."""
+
+import json
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from effdr_tf.errors import EffdrError
+from effdr_tf.training import checkpointing, distribute, loop
+from tests.conftest import REPO, run_command
+from tests.test_pipeline import build_tiny
+from tests.test_training import TINY_CONFIG, _free_ports, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    build_tiny(out, {"train": [24, 16, 16, 12, 12], "validation": [4, 4, 4, 4, 4]}, textured=True)
+    return out
+
+
+def _result(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, stdout[-2000:]
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def _check_overflow(found):
+    assert found["first_step_skipped"] == 0
+    assert found["bad_step_skipped"] == 1
+    assert found["weights_unchanged"] and found["slots_unchanged"] and found["ema_unchanged"]
+    assert found["scale_after"] == [s / 2 for s in found["scale_before"]]  # halved once
+    assert found["scale_recovered"] == found["scale_after"]
+    assert found["next_step_trains"] and found["replicas_agree"]
+    assert (found["step"], found["iterations"]) == (3, 2)  # 3 batches, 2 updates
+
+
+def test_float16_on_two_replicas(tiny_data, tmp_path):
+    """An overflow on one replica only is skipped by both; two replicas train as one."""
+    result = run_command(
+        "tests/two_replicas.py", str(tiny_data), str(tmp_path), "overflow", "equivalence", "jit",
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = _result(result.stdout)
+    _check_overflow(found["overflow"])
+    assert found["overflow"]["local_copies"] == 2
+
+    same = found["equivalence"]
+    assert same["policy"] == "float16"
+    assert same["skipped"][0] == same["skipped"][1]  # the same natural overflows at 2**15
+    # float16 tolerance: one ulp is 1e-3 relative, and a last-bit difference in the
+    # synchronised batch statistics moves float16 roundings downstream (measured: 0.15 % on the
+    # loss at equal weights, 0.5 % after three SGD steps; float32 runs agree to 1e-5,
+    # test_training.test_mirrored_strategy_matches_the_default_strategy).
+    np.testing.assert_allclose(same["losses_one"], same["losses_two"], rtol=1e-2, err_msg=same)
+    assert same["update_relative"] < 0.05, same
+    assert same["weights_relative"] < 1e-3 and same["ema_relative"] < 1e-3, same
+
+    assert "needs GPUs" in found["jit"]
+
+
+def _workers(tmp_path, args_for, *, timeout=300):
+    """Starts two localhost workers, each with its own temporary folder (tmp_path/tmp{i});
+    returns [(returncode, stdout, stderr)]."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        scratch = tmp_path / f"tmp{index}"
+        scratch.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ),
+            "TMPDIR": str(scratch),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, *args_for(index)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = []
+    try:
+        for p in processes:
+            out, err = p.communicate(timeout=timeout)  # a hang fails here
+            results.append((p.returncode, out, err))
+    finally:
+        for p in processes:
+            p.kill()
+    return results
+
+
+def test_float16_overflow_on_one_worker_is_skipped_by_both(tiny_data, tmp_path):
+    results = _workers(
+        tmp_path, lambda i: ["tests/two_replicas.py", str(tiny_data), str(tmp_path), "overflow"]
+    )
+    found = []
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+        found.append(_result(out)["overflow"])
+        _check_overflow(found[-1])
+    assert found[0]["digest"] == found[1]["digest"]  # both workers hold the same weights
+
+
+def test_workers_train_together_then_a_worker_restored_elsewhere_stops_them(tiny_data, tmp_path):
+    model_dir = tmp_path / "run"
+
+    def command(directory):
+        return [
+            "train.py", f"--config={TINY_CONFIG}", f"--data_dir={tiny_data}",
+            f"--model_dir={directory}", "--strategy=multi_worker", "--config.train.epochs=1",
+            "--config.train.steps_per_epoch=3", "--config.train.export=False",
+        ]  # fmt: skip
+
+    results = _workers(tmp_path, lambda i: command(model_dir), timeout=600)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    losses = [out.split("train_loss=")[1].split()[0] for _, out, _ in results]
+    assert losses[0] == losses[1]
+    assert (model_dir / "checkpoints" / "ckpt-3.index").exists()
+    assert sorted(os.listdir(model_dir)) == sorted(
+        ["best.weights.h5", "checkpoints", "config.json", "eval", "log.csv", "train"]
+    )
+    # Worker 1 wrote its checkpoints to a scratch folder and removed it at the end.
+    assert not [n for n in os.listdir(tmp_path / "tmp1") if n.startswith("effdr_worker")]
+
+    # Worker 1 now sees another model_dir (as when model_dir is local to each machine): it
+    # starts at 0 while the chief resumes at 3. Both stop with one line, exit 2, no hang.
+    results = _workers(
+        tmp_path, lambda i: command(model_dir if i == 0 else tmp_path / "elsewhere"), timeout=300
+    )
+    for code, _, err in results:
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert code == 2, err[-3000:]
+        assert len(errors) == 1 and "must be storage that every worker reads" in errors[0]
+        assert "Traceback" not in err
+
+
+def test_tpu_without_a_name_asks_for_the_local_tpu():
+    seen = {}
+
+    class Resolver:
+        def __init__(self, tpu=None):
+            seen["tpu"] = tpu
+            raise ValueError("no TPU here")
+
+    with mock.patch.object(tf.distribute.cluster_resolver, "TPUClusterResolver", Resolver):
+        with pytest.raises(EffdrError, match=r"cannot reach the local TPU \(give --tpu=NAME elsewhere\): no TPU here"):
+            distribute.make_strategy("tpu")
+        assert seen["tpu"] == "local"
+        with pytest.raises(EffdrError, match="cannot reach --tpu=node-1: no TPU here"):
+            distribute.make_strategy("tpu", "node-1")
+        assert seen["tpu"] == "node-1"
+
+
+def test_per_device_defaults():
+    default = tf.distribute.get_strategy()
+    assert distribute.jit_compile(None, default) is False  # CPU
+    assert distribute.jit_compile(True, default) is True
+    assert distribute.steps_per_execution(0, default) == 1
+    assert distribute.steps_per_execution(7, default) == 7
+    assert distribute.sync_batch_norm(None, default) is False  # one replica
+    assert distribute.sync_batch_norm(True, default) is True
+    mirrored = mock.Mock(spec=tf.distribute.MirroredStrategy, num_replicas_in_sync=8)
+    mirrored.cluster_resolver = None
+    assert distribute.sync_batch_norm(None, mirrored) is True
+    workers = mock.Mock(spec=tf.distribute.MultiWorkerMirroredStrategy, num_replicas_in_sync=8)
+    workers.cluster_resolver.cluster_spec.return_value.as_dict.return_value = {
+        "worker": ["a:1", "b:1"]
+    }
+    assert distribute.sync_batch_norm(None, workers) is False
+    assert distribute.sync_batch_norm(True, workers) is True
+    tpu = mock.Mock(spec=tf.distribute.TPUStrategy, num_replicas_in_sync=8)
+    assert distribute.sync_batch_norm(None, tpu) is True
+    assert distribute.steps_per_execution(0, tpu) == distribute.TPU_STEPS_PER_EXECUTION
+    assert distribute.jit_compile(None, tpu) is False  # the TPU program is compiled anyway
+
+
+def test_few_images_per_replica_warns(tiny_data, caplog):
+    config = tiny_config(tiny_data, data__batch_size=2)
+    with caplog.at_level("WARNING"):
+        loop.check_config(config, tf.distribute.get_strategy())
+    assert "gives each replica 2 images" in caplog.text
+
+
+def test_a_host_loop_of_n_steps_equals_n_single_steps(tiny_data, tmp_path):
+    def trained(name, calls):
+        config = tiny_config(
+            tiny_data, train__deterministic=True, data__batch_size=8,
+            model__dropout_rate=0.0, model__drop_connect_rate=0.0, train__optimizer="sgd",
+        )  # fmt: skip
+        trainer = loop.Trainer(config, str(tmp_path / name), tf.distribute.get_strategy(), False)
+        trainer._refresh_trainability(0)
+        start = trainer.model.get_weights()
+        losses = [float(trainer._train_fn(trainer.iterator, tf.constant(n))[0]) for n in calls]
+        return start, trainer.model.get_weights(), losses, int(trainer.step.numpy())
+
+    start, loop_weights, loop_losses, loop_step = trained("loop", [3])
+    _, single_weights, single_losses, single_step = trained("single", [1, 1, 1])
+    assert loop_step == single_step == 3
+    # Equal up to float32 rounding (grappler optimises a loop body and a single step
+    # differently; kernels are multi-threaded): measured against the size of the update. SGD,
+    # because Adam turns rounding noise in gradients that are zero in exact arithmetic (the
+    # beta of a batch norm feeding another batch norm) into learning-rate-sized steps.
+    assert loop_losses[0] == pytest.approx(np.mean(single_losses), rel=1e-4)
+
+    def flat(arrays):
+        return np.concatenate([a.ravel() for a in arrays]).astype(np.float64)
+
+    moved = np.linalg.norm(flat(single_weights) - flat(start))
+    assert moved > 0
+    assert np.linalg.norm(flat(loop_weights) - flat(single_weights)) < 1e-3 * moved
+
+
+def test_evaluation_traces_once_per_run(tiny_data, tmp_path):
+    # 20 validation images in batches of 16: a full batch and a padded one.
+    config = tiny_config(tiny_data, train__epochs=3)
+    trainer = loop.Trainer(config, str(tmp_path), tf.distribute.get_strategy(), progress=False)
+    trainer.run()
+    assert trainer.eval_traces == 1
+    labels, probs = trainer.predict_split("validation")
+    assert len(labels) == 20 and probs.shape == (20, 5) and (labels >= 0).all()
+    assert trainer.eval_traces == 1
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_runs_export_float32(tiny_data, tmp_path, policy):
+    from effdr_tf.serving import export
+
+    config = tiny_config(
+        tiny_data, train__mixed_precision=policy, train__export=True, train__epochs=1
+    )
+    try:
+        loop.train(config, str(tmp_path), progress=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = keras.saving.load_model(tmp_path / "export" / "model.keras")
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert not any(getattr(layer, "synchronized", False) for layer in model.layers)
+    report = export.export(str(tmp_path), check_images=8)
+    assert report["float32"]["max_abs_diff"] < 1e-4
+    assert report["float16"]["max_abs_diff"] < 1e-2
+    assert report["int8"]["argmax_agreement"] >= 0.75
+    assert report["saved_model"]["max_abs_diff"] < 1e-5
+
+
+def test_train_eval_export_on_a_bucket(tmp_path):
+    """data_dir, model_dir, eval's out and the builder's output_dir on ram://, TensorFlow's
+    in-memory filesystem standing in for gs://."""
+    from effdr_tf.evaluation import evaluate
+    from effdr_tf.serving import export
+
+    bucket = "ram://bucket-test"
+    data_dir = f"{bucket}/tfrec"
+    build_tiny(data_dir, {"train": [8, 8, 8, 8, 8], "validation": [4, 4, 4, 4, 4]})
+    assert tf.io.gfile.exists(f"{data_dir}/manifest.json")
+    model_dir = f"{bucket}/run"
+    config = tiny_config(data_dir, train__export=True, train__epochs=1)
+    loop.train(config, model_dir, progress=False)
+    for name in ("config.json", "best.weights.h5", "log.csv", "export/model.keras",
+                 "export/saved_model/saved_model.pb", "checkpoints/checkpoint"):  # fmt: skip
+        assert tf.io.gfile.exists(f"{model_dir}/{name}"), name
+    assert not tf.io.gfile.exists(f"{model_dir}/export/.tmp-saved_model")
+
+    # Resuming reads the checkpoints back from the bucket.
+    config.train.epochs = 1
+    loop.train(config, model_dir, progress=False)
+
+    out = f"{bucket}/eval"
+    summary = evaluate.evaluate(
+        model_dir, data_dir=data_dir, splits=["validation"], out_dir=out, bootstrap_rounds=10
+    )
+    assert summary["splits"]["validation"]["count"] == 20
+    for name in ("metrics.json", "report.html", "predictions_validation.csv"):
+        assert tf.io.gfile.exists(f"{out}/{name}"), name
+
+    report = export.export(model_dir, ["saved_model", "float32"], check_images=4)
+    assert report["float32"]["max_abs_diff"] < 1e-4
+    assert tf.io.gfile.exists(f"{model_dir}/serving/saved_model_bytes/saved_model.pb")
+    assert not os.path.exists(model_dir)  # nothing landed on local disk under that name
+
+
+def test_replace_dir_on_a_bucket():
+    target = "ram://replace/new"
+    tmp = checkpointing.temporary_name(target)
+    for path, text in ((f"{target}/old.txt", "old"), (f"{tmp}/a.txt", "a"),
+                       (f"{tmp}/sub/b.txt", "b")):  # fmt: skip
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(text)
+    checkpointing.replace_dir(tmp, target)
+    assert not tf.io.gfile.exists(f"{target}/old.txt")
+    assert tf.io.gfile.GFile(f"{target}/sub/b.txt").read() == "b"
+    assert tf.io.gfile.GFile(f"{target}/a.txt").read() == "a"
+    assert not tf.io.gfile.exists(f"{tmp}/a.txt")
+
+
+def test_tpu_recipes_fill_the_cores_and_scale_the_learning_rate():
+    from configs import kaggle_dr
+    from effdr_tf.training import recipes
+
+    thesis, tpu = kaggle_dr.get_config("b5"), kaggle_dr.get_config("b5,tpu")
+    assert tpu.data.batch_size == 64 and thesis.data.batch_size == 8
+    assert tpu.train.mixed_precision == "mixed_bfloat16"
+    assert recipes.base_learning_rate(tpu.train, 64) == pytest.approx(
+        8 * recipes.base_learning_rate(thesis.train, 8)
+    )
+    paper = kaggle_dr.get_config("b5,paper,tpu")
+    assert recipes.base_learning_rate(paper.train, 64) == pytest.approx(0.016 * 64 / 256)

@@ -1,0 +1,235 @@
+"""Checks on two logical CPU devices, run in a fresh process by test_distributed.py (the devices
+must be configured before TensorFlow starts). Prints one JSON line of measurements.
+
+    python tests/two_replicas.py DATA_DIR OUT_DIR CHECK [CHECK ...]
+
+CHECKs:
+  overflow     mixed_float16 on two replicas: an overflow in replica 1's gradients only (with
+               TF_CONFIG set: MultiWorkerMirroredStrategy, replica 1 being worker 1).
+  equivalence  mixed_float16, EMA: 2 replicas vs 1 replica on the same global batches.
+  jit          the float16 step under jit_compile on 2 replicas.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+MULTI_WORKER = "TF_CONFIG" in os.environ  # two localhost workers, one CPU replica each
+if not MULTI_WORKER:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+
+sys.path[:0] = [".", "tests"]
+import tiny_config  # noqa: E402
+
+from effdr_tf.errors import EffdrError  # noqa: E402
+from effdr_tf.training import loop  # noqa: E402
+
+DATA_DIR, OUT_DIR, *CHECKS = sys.argv[1:]
+BATCH = 16
+
+
+def make_config(**train):
+    config = tiny_config.get_config()
+    config.data.data_dir = DATA_DIR
+    config.data.batch_size = BATCH
+    config.model.dropout_rate = 0.0
+    config.model.drop_connect_rate = 0.0
+    config.train.mixed_precision = "mixed_float16"
+    config.train.weight_decay = 1e-4
+    config.train.ema_decay = 0.9
+    config.train.jit_compile = False
+    for key, value in train.items():
+        config.train[key] = value
+    return config
+
+
+def fixed_batches(strategy, steps):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (steps * BATCH, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 5, steps * BATCH).astype("int32")
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH)
+    return iter(strategy.experimental_distribute_dataset(ds))
+
+
+def trainer_for(strategy, name, config=None, weights=None):
+    trainer = loop.Trainer(config or make_config(), f"{OUT_DIR}/{name}", strategy, progress=False)
+    if weights is not None:
+        trainer.model.set_weights(weights)
+        if trainer.ema is not None:
+            for average, w in zip(trainer.ema.averages, weights, strict=True):
+                average.assign(w)
+    trainer._refresh_trainability(0)
+    return trainer
+
+
+def per_replica(variables):
+    """Every replica's copy of every variable."""
+    return [_local(var) for var in variables]
+
+
+def _local(var):
+    var = var.value if isinstance(var, keras.Variable) else var
+    values = getattr(var, "values", None)
+    return [x.numpy() for x in values] if values is not None else [var.numpy()]
+
+
+def two_replicas():
+    if MULTI_WORKER:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def check_overflow(out):
+    strategy = two_replicas()
+    assert strategy.num_replicas_in_sync == 2
+    trainer = trainer_for(strategy, "overflow")
+    inject = tf.Variable(False, trainable=False)  # outside the scope: one copy
+    original = trainer.replica_step.loss_and_gradients
+
+    def poisoned(images, labels):
+        loss, reg, logits, grads = original(images, labels)
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        bad = tf.logical_and(inject, tf.equal(replica, 1))
+        grads = [tf.where(bad, g * np.inf, g) if i == 0 else g for i, g in enumerate(grads)]
+        return loss, reg, logits, grads
+
+    trainer.replica_step.loss_and_gradients = poisoned
+    trainer._train_fn = trainer._make_train_fn()
+    # A scale these random-pixel batches never overflow at (2**15, the start, overflows twice),
+    # so that the injected overflow is the only one.
+    trainer.loss_scale.scale.assign(256.0)
+    trainer.iterator = fixed_batches(strategy, 3)
+
+    def state():
+        return {
+            "weights": per_replica(trainer.model.trainable_variables),
+            "slots": per_replica(trainer.optimizer.variables),
+            "ema": per_replica(trainer.ema.averages),
+            "scale": per_replica([trainer.loss_scale.scale])[0],
+        }
+
+    def same(a, b):
+        return all(
+            np.array_equal(x, y)
+            for xs, ys in zip(a, b, strict=True)
+            for x, y in zip(xs, ys, strict=True)
+        )
+
+    first = trainer._train_fn(trainer.iterator, tf.constant(1))
+    before = state()
+    inject.assign(True)
+    bad = trainer._train_fn(trainer.iterator, tf.constant(1))
+    after = state()
+    inject.assign(False)
+    trainer._train_fn(trainer.iterator, tf.constant(1))
+    recovered = state()
+    out["overflow"] = {
+        "first_step_skipped": int(first[3]),
+        "bad_step_skipped": int(bad[3]),
+        "weights_unchanged": same(before["weights"], after["weights"]),
+        "slots_unchanged": same(before["slots"], after["slots"]),
+        "ema_unchanged": same(before["ema"], after["ema"]),
+        "scale_before": [float(s) for s in before["scale"]],
+        "scale_after": [float(s) for s in after["scale"]],
+        "scale_recovered": [float(s) for s in recovered["scale"]],
+        "next_step_trains": not same(after["weights"], recovered["weights"]),
+        # Every copy of the weights on this process, and a digest to compare across workers.
+        "replicas_agree": all(
+            np.array_equal(copies[0], other)
+            for copies in recovered["weights"]
+            for other in copies[1:]
+        ),
+        "local_copies": len(recovered["weights"][0]),
+        "digest": hashlib.sha256(
+            b"".join(copies[0].tobytes() for copies in recovered["weights"])
+        ).hexdigest(),
+        "step": int(trainer.step.numpy()),
+        "iterations": int(trainer.optimizer.iterations.numpy()),
+    }
+
+
+def check_equivalence(out, steps=4):
+    # SGD: the update is linear in the gradient, so update differences measure gradient
+    # differences (Adam's first steps are about lr * sign(g), which turns float16 noise in
+    # near-zero gradients into whole-lr differences).
+    config = make_config(optimizer="sgd", learning_rate=0.05)
+    one = trainer_for(tf.distribute.get_strategy(), "one", config=config)
+    start = one.model.get_weights()
+    two = trainer_for(
+        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "two", config=config, weights=start
+    )
+    results = {}
+    for name, trainer in (("one", one), ("two", two)):
+        trainer.iterator = fixed_batches(trainer.strategy, steps)
+        t0 = time.perf_counter()
+        losses, skipped = [], 0
+        for _ in range(steps):
+            loss, _, _, overflow = trainer._train_fn(trainer.iterator, tf.constant(1))
+            losses.append(float(loss))
+            skipped += int(overflow)
+        print(name, "seconds", time.perf_counter() - t0, file=sys.stderr)
+        trainable = {id(v) for v in trainer.model.trainable_variables}
+        results[name] = {
+            "losses": losses,
+            "weights": [
+                np.array(v.numpy(), np.float64) for v in trainer.model.weights if id(v) in trainable
+            ],
+            "ema": [np.array(a.numpy(), np.float64) for a in trainer.ema.averages],
+            "skipped": skipped,
+        }
+    first = [np.array(w, np.float64) for w in start]
+
+    def relative(key):
+        a = np.concatenate([x.ravel() for x in results["one"][key]])
+        b = np.concatenate([x.ravel() for x in results["two"][key]])
+        return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+    trainable = [w.path for w in one.model.trainable_variables]
+    by_path = dict(zip([w.path for w in one.model.weights], first, strict=True))
+    moved = np.concatenate(
+        [
+            (w - by_path[p]).ravel()
+            for w, p in zip(results["one"]["weights"], trainable, strict=True)
+        ]
+    )
+    difference = np.concatenate(
+        [
+            (a - b).ravel()
+            for a, b in zip(results["one"]["weights"], results["two"]["weights"], strict=True)
+        ]
+    )
+    out["equivalence"] = {
+        "losses_one": results["one"]["losses"],
+        "losses_two": results["two"]["losses"],
+        "skipped": [results["one"]["skipped"], results["two"]["skipped"]],
+        "weights_relative": relative("weights"),
+        "update_relative": float(np.linalg.norm(difference) / np.linalg.norm(moved)),
+        "ema_relative": relative("ema"),
+        "policy": one.model.get_layer("top_conv").compute_dtype,
+    }
+
+
+def check_jit(out):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    try:
+        trainer_for(strategy, "jit", config=make_config(jit_compile=True))
+        out["jit"] = "accepted"
+    except EffdrError as e:
+        out["jit"] = str(e)
+
+
+results = {}
+for check in CHECKS:
+    started = time.perf_counter()
+    {"overflow": check_overflow, "equivalence": check_equivalence, "jit": check_jit}[check](results)
+    keras.mixed_precision.set_global_policy("float32")
+    print(check, "seconds", time.perf_counter() - started, file=sys.stderr)
+print("RESULT " + json.dumps(results))
