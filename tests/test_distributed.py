@@ -58,13 +58,29 @@ def test_float16_on_two_replicas(tiny_data, tmp_path):
     assert same["skipped"][0] == same["skipped"][1]  # the same natural overflows at 2**15
     # float16 tolerance: one ulp is 1e-3 relative, and a last-bit difference in the
     # synchronised batch statistics moves float16 roundings downstream (measured: 0.15 % on the
-    # loss at equal weights, 0.5 % after three SGD steps; float32 runs agree to 1e-5,
-    # test_training.test_mirrored_strategy_matches_the_default_strategy).
+    # loss at equal weights, 0.5 % after three SGD steps; float32 runs agree to 1e-4).
     np.testing.assert_allclose(same["losses_one"], same["losses_two"], rtol=1e-2, err_msg=same)
-    assert same["update_relative"] < 0.05, same
-    assert same["weights_relative"] < 1e-3 and same["ema_relative"] < 1e-3, same
+    # Measured against how far the weights and the averages moved: 3.7 % and 3.0 % here in
+    # float16, against 0.03 % and 0.02 % in float32 (test_two_float32_replicas_step_as_one).
+    assert same["update_relative"] < 0.1 and same["ema_update_relative"] < 0.1, same
 
     assert "needs GPUs" in found["jit"]
+
+
+def test_two_float32_replicas_step_as_one(tiny_data, tmp_path):
+    """The whole step (loss, all-reduce, per-device update, per-device EMA) on two replicas
+    against one device on the same global batches. A separate process from the float16 checks:
+    strategies made one after another in a process share collective keys."""
+    result = run_command(
+        "tests/two_replicas.py", str(tiny_data), str(tmp_path), "equivalence32", timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    exact = _result(result.stdout)["equivalence32"]
+    assert exact["skipped"] == [0, 0] and exact["policy"] == "float32"
+    np.testing.assert_allclose(exact["losses_one"], exact["losses_two"], rtol=1e-4)
+    # Keras' synchronised batch norm takes the variance as E[x^2] - E[x]^2 from all-reduced
+    # sums; summed in another order, last-bit differences grow through the cancellation.
+    assert exact["update_relative"] < 2e-3 and exact["ema_update_relative"] < 2e-3, exact
 
 
 def _workers(tmp_path, args_for, *, timeout=300):
@@ -159,7 +175,10 @@ def test_tpu_without_a_name_asks_for_the_local_tpu():
             raise ValueError("no TPU here")
 
     with mock.patch.object(tf.distribute.cluster_resolver, "TPUClusterResolver", Resolver):
-        with pytest.raises(EffdrError, match=r"cannot reach the local TPU \(give --tpu=NAME elsewhere\): no TPU here"):
+        with pytest.raises(
+            EffdrError,
+            match=r"cannot reach the local TPU \(give --tpu=NAME elsewhere\): no TPU here",
+        ):
             distribute.make_strategy("tpu")
         assert seen["tpu"] == "local"
         with pytest.raises(EffdrError, match="cannot reach --tpu=node-1: no TPU here"):

@@ -7,7 +7,8 @@ CHECKs:
   overflow     mixed_float16 on two replicas: an overflow in replica 1's gradients only (with
                TF_CONFIG set: MultiWorkerMirroredStrategy, replica 1 being worker 1).
   equivalence  mixed_float16, EMA: 2 replicas vs 1 replica on the same global batches.
-  jit          the float16 step under jit_compile on 2 replicas.
+  equivalence32  the same in float32.
+  jit          jit_compile=True on 2 CPU replicas (refused with one line).
 """
 
 import hashlib
@@ -156,15 +157,18 @@ def check_overflow(out):
     }
 
 
-def check_equivalence(out, steps=4):
+def check_equivalence(out, steps=4, policy="mixed_float16"):
     # SGD: the update is linear in the gradient, so update differences measure gradient
     # differences (Adam's first steps are about lr * sign(g), which turns float16 noise in
     # near-zero gradients into whole-lr differences).
-    config = make_config(optimizer="sgd", learning_rate=0.05)
-    one = trainer_for(tf.distribute.get_strategy(), "one", config=config)
+    config = make_config(optimizer="sgd", learning_rate=0.05, mixed_precision=policy)
+    one = trainer_for(tf.distribute.get_strategy(), f"one_{policy}", config=config)
     start = one.model.get_weights()
     two = trainer_for(
-        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "two", config=config, weights=start
+        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+        f"two_{policy}",
+        config=config,
+        weights=start,
     )
     results = {}
     for name, trainer in (("one", one), ("two", two)):
@@ -206,7 +210,13 @@ def check_equivalence(out, steps=4):
             for a, b in zip(results["one"]["weights"], results["two"]["weights"], strict=True)
         ]
     )
-    out["equivalence"] = {
+    ema_start = np.concatenate([w.ravel() for w in first])
+    ema_one = np.concatenate([x.ravel() for x in results["one"]["ema"]])
+    ema_two = np.concatenate([x.ravel() for x in results["two"]["ema"]])
+    out["equivalence" if policy == "mixed_float16" else "equivalence32"] = {
+        "ema_update_relative": float(
+            np.linalg.norm(ema_one - ema_two) / np.linalg.norm(ema_one - ema_start)
+        ),
         "losses_one": results["one"]["losses"],
         "losses_two": results["two"]["losses"],
         "skipped": [results["one"]["skipped"], results["two"]["skipped"]],
@@ -226,10 +236,16 @@ def check_jit(out):
         out["jit"] = str(e)
 
 
+CHECK_FUNCTIONS = {
+    "overflow": check_overflow,
+    "equivalence": check_equivalence,
+    "equivalence32": lambda out: check_equivalence(out, policy="float32"),
+    "jit": check_jit,
+}
 results = {}
 for check in CHECKS:
     started = time.perf_counter()
-    {"overflow": check_overflow, "equivalence": check_equivalence, "jit": check_jit}[check](results)
+    CHECK_FUNCTIONS[check](results)
     keras.mixed_precision.set_global_policy("float32")
     print(check, "seconds", time.perf_counter() - started, file=sys.stderr)
 print("RESULT " + json.dumps(results))

@@ -10,6 +10,7 @@ collective hangs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -145,10 +146,8 @@ def remove_tree(path: str) -> None:
     except tf.errors.NotFoundError:
         for root, _, files in list(gfile.walk(path)):
             for name in files:
-                try:
+                with contextlib.suppress(tf.errors.NotFoundError):
                     gfile.remove(f"{root}/{name}")
-                except tf.errors.NotFoundError:
-                    pass
 
 
 def export(model, folder: str) -> None:
