@@ -77,7 +77,9 @@ def test_two_float32_replicas_step_as_one(tiny_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     exact = _result(result.stdout)["equivalence32"]
     assert exact["skipped"] == [0, 0] and exact["policy"] == "float32"
-    np.testing.assert_allclose(exact["losses_one"], exact["losses_two"], rtol=1e-4)
+    # Equal weights at step 1; after three SGD steps at a large rate, 1.4e-4 measured.
+    assert exact["losses_one"][0] == pytest.approx(exact["losses_two"][0], rel=1e-5)
+    np.testing.assert_allclose(exact["losses_one"], exact["losses_two"], rtol=1e-3)
     # Keras' synchronised batch norm takes the variance as E[x^2] - E[x]^2 from all-reduced
     # sums; summed in another order, last-bit differences grow through the cancellation.
     assert exact["update_relative"] < 2e-3 and exact["ema_update_relative"] < 2e-3, exact
