@@ -76,7 +76,7 @@ def ema_timings(strategy):
     return {k: statistics.median(v) for k, v in times.items()}, parameters
 
 
-def bn_timings(data_dir, work):
+def bn_timings(strategy, data_dir, work):
     from configs import default
     from effdr_tf.training import loop
 
@@ -89,10 +89,7 @@ def bn_timings(data_dir, work):
         config.model.sync_batch_norm = sync
         config.train.steps_per_epoch = 1000
         config.train.validation_split = ""
-        t = loop.Trainer(
-            config, os.path.join(work, f"bn_{sync}"),
-            tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), progress=False,
-        )  # fmt: skip
+        t = loop.Trainer(config, os.path.join(work, f"bn_{sync}"), strategy, progress=False)
         t._refresh_trainability(0)
         t._train_fn(t.iterator, tf.constant(1))  # trace
         return t
@@ -110,7 +107,7 @@ def bn_timings(data_dir, work):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def eval_traces(work):
+def eval_traces(strategy, work):
     from effdr_tf.training import loop
     from tests import tiny_config
     from tests.test_pipeline import build_tiny
@@ -120,10 +117,7 @@ def eval_traces(work):
     config = tiny_config.get_config()
     config.data.data_dir = data_dir
     config.train.epochs = _EPOCHS.value
-    trainer = loop.Trainer(
-        config, os.path.join(work, "traces"),
-        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), progress=False,
-    )  # fmt: skip
+    trainer = loop.Trainer(config, os.path.join(work, "traces"), strategy, progress=False)
     trainer.run()
     return trainer.eval_traces
 
@@ -132,6 +126,8 @@ def main(argv):
     del argv
     from benchmarks import synthetic_shards
 
+    # One strategy for everything: strategies made one after another in a process share
+    # collective keys.
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     ema, parameters = ema_timings(strategy)
     print(
@@ -142,13 +138,13 @@ def main(argv):
     with tempfile.TemporaryDirectory() as work:
         data_dir = os.path.join(work, "shards")
         synthetic_shards.build(data_dir, size=_BN_SIZE.value, num_images=64)
-        bn = bn_timings(data_dir, work)
+        bn = bn_timings(strategy, data_dir, work)
         print(
             f"train step, {_VARIANT.value} at {_BN_SIZE.value} px, batch 16 on 2 replicas: "
             f"sync BN {bn['sync'] * 1e3:.0f} ms, per-replica BN {bn['local'] * 1e3:.0f} ms "
             f"(sync/local {bn['sync'] / bn['local']:.3f})"
         )
-        traces = eval_traces(work)
+        traces = eval_traces(strategy, work)
         print(f"evaluation traces in a {_EPOCHS.value}-epoch run: {traces}")
     print(
         f"ratio={ema['cross_replica'] / ema['per_device']:.3f} EMA update time, cross-replica "

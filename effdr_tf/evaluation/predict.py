@@ -88,7 +88,7 @@ def predict_images(
     def forward(batch):
         return tf.nn.softmax(tf.cast(run.model(batch, training=False), tf.float32))
 
-    os.makedirs(os.path.join(out_dir, "gradcam") if gradcam else out_dir, exist_ok=True)
+    tf.io.gfile.makedirs(os.path.join(out_dir, "gradcam") if gradcam else out_dir)
     rows: list[dict] = []
     pending: list[tuple[int, bytes]] = []
 
@@ -103,8 +103,9 @@ def predict_images(
             if heat is not None:
                 stem = os.path.splitext(os.path.basename(rows[index]["path"]))[0]
                 name = os.path.join(out_dir, "gradcam", f"{index:05d}_{stem}.png")
-                with open(name, "wb") as f:
-                    f.write(gradcam_lib.overlay_png(_display(batch[i].numpy()), heat[i]))
+                fileio.write_atomic(
+                    name, gradcam_lib.overlay_png(_display(batch[i].numpy()), heat[i])
+                )
                 rows[index]["gradcam"] = name
         pending.clear()
 
