@@ -1,6 +1,6 @@
 """Trains an EfficientNet DR grader (see README, Training).
 
-    python train.py --config=configs/kaggle_dr.py:b5 --strategy=tpu --tpu=NAME \\
+    python train.py --config=configs/kaggle_dr.py:b5,tpu --strategy=tpu \\
         --data_dir=gs://BUCKET/tfrec --model_dir=gs://BUCKET/runs/b5
     python train.py --config=configs/demo.py --data_dir=TFREC --model_dir=RUN \\
         --config.train.epochs=3
@@ -13,7 +13,9 @@ from effdr_tf import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Recipe file[:arg].")
 _STRATEGY = flags.DEFINE_string("strategy", "default", "default, mirrored, multi_worker or tpu.")
-_TPU = flags.DEFINE_string("tpu", None, "TPU name or address (--strategy=tpu).")
+_TPU = flags.DEFINE_string(
+    "tpu", None, "--strategy=tpu: a TPU node's name or grpc:// address; leave out on a TPU VM."
+)
 _VARIANT = flags.DEFINE_string("variant", None, "Overrides config.variant (b0..b7, lite0..4).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "The builder's output folder.")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Where checkpoints and logs go.")

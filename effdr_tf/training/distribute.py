@@ -14,7 +14,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
     """``default`` (CPU or one GPU), ``mirrored`` (all local GPUs, or CPUs when none),
-    ``multi_worker`` (TF_CONFIG), ``tpu`` (``--tpu`` name, ``local`` on a TPU VM)."""
+    ``multi_worker`` (TF_CONFIG), ``tpu`` (``tpu``: a TPU node's name or address; ``None``:
+    the TPU of this TPU VM, resolved as ``"local"``)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
