@@ -342,3 +342,25 @@ def test_tpu_recipes_fill_the_cores_and_scale_the_learning_rate():
     )
     paper = kaggle_dr.get_config("b5,paper,tpu")
     assert recipes.base_learning_rate(paper.train, 64) == pytest.approx(0.016 * 64 / 256)
+
+
+def test_a_mixed_precision_model_file_is_scored_in_float32(tiny_data, tmp_path):
+    """Runs exported before exports were float32: eval.py loads them as float32 models."""
+    from effdr_tf import models
+    from effdr_tf.evaluation import scoring
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = models.efficientnet("tiny", num_classes=5, input_shape=(32, 32, 3))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    (tmp_path / "export").mkdir()
+    model.save(tmp_path / "export" / "model.keras")
+    (tmp_path / "config.json").write_text(tiny_config(tiny_data).to_json())
+    run = scoring.load_run(str(tmp_path))
+    assert {layer.dtype_policy.name for layer in run.model.layers} == {"float32"}
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    want = np.asarray(model(x, training=False), np.float32)
+    got = np.asarray(run.model(x, training=False))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=0.1)  # bfloat16 keeps 8 bits of mantissa

@@ -156,20 +156,37 @@ def test_kappa_equals_sklearn(case):
     assert float(metric.result()) == pytest.approx(want, abs=1e-5)
 
 
-def test_jit_compiled_step_with_mixed_bfloat16(tiny_data, tmp_path):
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_jit_compiled_step_with_mixed_precision(tiny_data, tmp_path, policy):
+    """The step compiles with XLA in both low precisions; under float16 that includes the
+    loss scaling and both its branches (an overflow forced by a huge scale, then a step)."""
     config = tiny_config(
         tiny_data,
         train__jit_compile=True,
-        train__mixed_precision="mixed_bfloat16",
+        train__mixed_precision=policy,
         train__epochs=1,
         train__steps_per_epoch=2,
     )
     try:
         trainer = loop.Trainer(config, str(tmp_path), tf.distribute.get_strategy(), progress=False)
-        assert trainer.model.get_layer("top_conv").compute_dtype == "bfloat16"
+        low = policy.removeprefix("mixed_")
+        assert trainer.model.get_layer("top_conv").compute_dtype == low
         trainer._refresh_trainability(0)
-        loss, _, confusion, _ = trainer._train_fn(trainer.iterator, tf.constant(2))
-        assert np.isfinite(float(loss)) and int(confusion.numpy().sum()) == 16
+        before = [v.numpy().copy() for v in trainer.model.trainable_variables]
+
+        def changed():
+            now = [v.numpy() for v in trainer.model.trainable_variables]
+            return any(not np.array_equal(a, b) for a, b in zip(before, now, strict=True))
+
+        if trainer.loss_scale is not None:
+            trainer.loss_scale.scale.assign(1e30)  # float16 gradients overflow: skipped
+            _, _, _, skipped = trainer._train_fn(trainer.iterator, tf.constant(1))
+            assert int(skipped) == 1 and not changed()
+            assert float(trainer.loss_scale.scale.numpy()) == pytest.approx(5e29, rel=1e-6)
+            trainer.loss_scale.scale.assign(1.0)
+        loss, _, confusion, skipped = trainer._train_fn(trainer.iterator, tf.constant(1))
+        assert np.isfinite(float(loss)) and int(confusion.numpy().sum()) == 8
+        assert int(skipped) == 0 and changed()
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from effdr_tf import models
 from effdr_tf.errors import EffdrError
 from effdr_tf.pipeline import input as pipeline
 
@@ -55,7 +56,8 @@ def load_run(model_dir: str) -> Run:
         model = keras.saving.load_model(model_path, compile=False)
     except (OSError, ValueError) as e:
         raise EffdrError(f"{model_path}: cannot load ({str(e).splitlines()[0]})") from e
-    return Run(model_dir, model, config)
+    # Runs exported before exports were made float32 may carry a mixed-precision policy.
+    return Run(model_dir, models.float32_copy(model), config)
 
 
 def eval_config(run: Run, data_dir: str) -> ml_collections.ConfigDict:

@@ -202,25 +202,34 @@ def record_stream(
     deterministic: bool,
     cache: str = "",
     repeat_shuffled_seed: int | None = None,
+    shard: tuple[int, int] | None = None,
 ):
     """Serialized records of ``paths``, read with a parallel interleave.
 
     With ``repeat_shuffled_seed`` the stream is infinite and the file order is reshuffled on
-    every pass (training); without, the files are read once in order.
+    every pass (training); without, the files are read once in order. ``shard=(n, i)`` keeps
+    every n-th record of each pass starting at the i-th: with the same seed on every host, the
+    n hosts read disjoint parts that cover the files on every pass (sharding after the repeat
+    would not be a partition: a pass whose length n does not divide shifts the next one).
     """
     files = tf.data.Dataset.from_tensor_slices(paths)
-    if repeat_shuffled_seed is not None and not cache:
-        files = files.shuffle(len(paths), seed=repeat_shuffled_seed).repeat()
+    repeat = repeat_shuffled_seed is not None
+    if repeat and not cache:
+        files = files.shuffle(len(paths), seed=repeat_shuffled_seed)  # anew on every pass
+        if shard is None:
+            files = files.repeat()  # the interleave runs on across pass boundaries
     records = files.interleave(
         tf.data.TFRecordDataset,
         cycle_length=max(1, min(cycle, len(paths))),
         num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
+        deterministic=deterministic or shard is not None,
     )
+    if shard is not None:
+        records = records.shard(*shard)
     if cache:
         records = records.cache() if cache == "memory" else records.cache(cache)
-        if repeat_shuffled_seed is not None:
-            records = records.repeat()
+    if repeat and (cache or shard is not None):
+        records = records.repeat()
     return records
 
 
@@ -295,14 +304,15 @@ def class_streams(shards, num_classes, input_context, config, seed) -> dict:
         records = record_stream(
             mine,
             cycle=config.data.interleave_cycle,
-            deterministic=config.data.deterministic or shard_records,
+            deterministic=config.data.deterministic,
             cache=_cache_for(config.data.cache, f"class{c}"),
             repeat_shuffled_seed=(int(config.seed) if shard_records else seed) + c,
+            shard=(
+                (input_context.num_input_pipelines, input_context.input_pipeline_id)
+                if shard_records
+                else None
+            ),
         )
-        if shard_records:
-            records = records.shard(
-                input_context.num_input_pipelines, input_context.input_pipeline_id
-            )
         # A small buffer per class: the builder shuffled each split and the mixed stream is
         # shuffled again; large per-class buffers would read ahead records never emitted.
         streams[c] = records.shuffle(CLASS_SHUFFLE_BUFFER, seed=seed + c)

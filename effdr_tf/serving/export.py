@@ -58,7 +58,11 @@ class BytesServer(tf.Module):
         self.run = run
         self.model = run.model
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    # No autograph: the body has no Python control flow, and autograph's cache of converted
+    # functions was seen to hand back another function's conversion in long test sessions.
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")], autograph=False
+    )
     def serve(self, image_bytes):
         images = scoring.images_from_bytes(self.run, image_bytes)
         probs = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
