@@ -35,6 +35,7 @@ from effdr_tf.pipeline import input as pipeline
 from effdr_tf.training import checkpointing, distribute, recipes
 from effdr_tf.training import step as step_lib
 from effdr_tf.training.monitor import Monitor
+from effdr_tf.training.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +278,10 @@ class Trainer:
         self.monitor = Monitor(model_dir, self.chief)
         self._train_fn = None
         self._open_groups = None
-        self._predict_fn = None
-        self.eval_traces = 0  # how often the evaluation step was traced (benchmarks, tests)
+        self.validation = Validation(
+            config, self.model, strategy, batch_size=int(config.data.eval_batch_size),
+            image_size=s.image_size,
+        )  # fmt: skip
 
     def _make_iterator(self, seed: int):
         config = self.config.copy_and_resolve_references()
@@ -348,56 +351,13 @@ class Trainer:
     # ---------------------------------------------------------------------------------------
     # Evaluation
 
-    def _make_predict_fn(self):
-        """The evaluation step, traced once per run: every batch has the same shape (the last
-        one padded, with a mask), so nothing retraces and TPUs compile it once."""
-
-        def forward(images, labels, mask):
-            probs = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
-            return probs, labels, mask
-
-        @tf.function
-        def predict(images, labels, mask):
-            self.eval_traces += 1  # Python: runs at trace time only
-            return self.strategy.run(forward, args=(images, labels, mask))
-
-        return predict
-
-    def eval_dataset(self, split: str):
-        """The split in fixed-shape batches of ``data.eval_batch_size``: (images, labels, mask)
-        where mask is False on the padding that fills the last batch."""
-        config = self.config
-        batch = int(config.data.eval_batch_size)
-        replicas = self.strategy.num_replicas_in_sync
-        batch = max(replicas, batch - batch % replicas)  # divides across replicas
-        size = self.setup.image_size
-        ds = pipeline.make_dataset(config, split, training=False, batch_size=batch)
-
-        def pad(images, labels):
-            n = tf.shape(labels)[0]
-            missing = batch - n
-            images = tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]])
-            labels = tf.pad(labels, [[0, missing]], constant_values=-1)
-            mask = tf.range(batch) < n
-            images = tf.ensure_shape(images, [batch, size, size, 3])
-            return images, tf.ensure_shape(labels, [batch]), tf.ensure_shape(mask, [batch])
-
-        return ds.map(pad)
-
     def predict_split(self, split: str):
         """(labels, probabilities) for every example of ``split``, on every worker."""
-        if self._predict_fn is None:
-            self._predict_fn = self._make_predict_fn()
-        ds = self.strategy.experimental_distribute_dataset(self.eval_dataset(split))
-        labels, probabilities = [], []
-        for images, batch_labels, mask in ds:
-            probs, ys, keep = self._predict_fn(images, batch_labels, mask)
-            local = self.strategy.experimental_local_results
-            for p, y, m in zip(local(probs), local(ys), local(keep), strict=True):
-                m = m.numpy()
-                probabilities.append(p.numpy()[m])
-                labels.append(y.numpy()[m])
-        return np.concatenate(labels), np.concatenate(probabilities)
+        return self.validation.predict(split)
+
+    @property
+    def eval_traces(self) -> int:
+        return self.validation.traces
 
     def evaluate(self, split: str) -> dict:
         """Metrics on ``split`` with the EMA weights when EMA is on."""
