@@ -9,8 +9,11 @@ import os
 from absl import app, flags
 
 from effdr_tf import cli
+from effdr_tf.data.sources import SOURCES  # no TensorFlow: flags are checked before it loads
 
-_DATA = flags.DEFINE_string("data", "synthetic_dr", "Dataset layout: see README, Datasets.")
+_DATA = flags.DEFINE_enum(
+    "data", "synthetic_dr", list(SOURCES), "Dataset layout: see README, Datasets."
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder of the raw dataset.")
 _LABELS = flags.DEFINE_string(
     "labels", None, "--data=csv: label file (default DATA_DIR/labels.csv)."
@@ -32,6 +35,18 @@ _IMAGE_FORMAT = flags.DEFINE_enum("image_format", "jpeg", ["jpeg", "png"], "Enco
 _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality 1-100.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild a complete output folder.")
 flags.mark_flag_as_required("output_dir")
+
+# Checked while the flags are parsed: a bad value is one line and exit code 2, before
+# TensorFlow loads and before anything is written.
+for _flag, _check, _message in (
+    (_IMAGE_SIZE, lambda v: v is None or v >= 8, "must be at least 8 pixels"),
+    (_NUM_SHARDS, lambda v: v is None or v >= 1, "must be at least 1"),
+    (_WORKERS, lambda v: v >= 1, "must be at least 1"),
+    (_NUM_IMAGES, lambda v: v >= 1, "must be at least 1"),
+    (_JPEG_QUALITY, lambda v: 1 <= v <= 100, "must be between 1 and 100"),
+    (_VAL_FRACTION, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+):
+    flags.register_validator(_flag.name, _check, message=f"--{_flag.name} {_message}")
 
 
 @cli.entry_point
@@ -67,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

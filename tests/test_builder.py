@@ -125,6 +125,34 @@ def test_missing_inputs_exit_2_with_one_line(tmp_path):
         assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--image_size=0", "--image_size must be at least 8 pixels"),
+        ("--workers=0", "--workers must be at least 1"),
+        ("--workers=-2", "--workers must be at least 1"),
+        ("--num_shards=0", "--num_shards must be at least 1"),
+        ("--num_images=0", "--num_images must be at least 1"),
+        ("--jpeg_quality=101", "--jpeg_quality must be between 1 and 100"),
+        ("--val_fraction=1.5", "--val_fraction must be in [0, 1)"),
+        ("--data=no_such_layout", "value should be one of"),
+    ],
+)
+def test_flag_mistakes_exit_2_before_anything_loads(tmp_path, flag, message):
+    out = tmp_path / "out"
+    probe = "import runpy, sys; sys.argv = sys.argv[1:]; "
+    probe += "runpy.run_path('tfrecord_builder.py', run_name='__main__')"
+    # -X importtime lists every module imported: TensorFlow must not be among them.
+    result = run_command(
+        "-X", "importtime", "-c", probe, "tfrecord_builder.py", f"--output_dir={out}", flag
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "tensorflow" not in result.stderr
+    assert not out.exists()
+
+
 SYNTHETIC = [
     "--data=synthetic_dr",
     "--num_images=120",

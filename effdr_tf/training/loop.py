@@ -65,6 +65,13 @@ class Setup:
 def check_config(config, strategy) -> Setup:
     """Every check that can fail before anything is written."""
     models.canonical_variant(config.variant)
+    if int(config.train.epochs) < 1:
+        raise EffdrError(f"train.epochs={config.train.epochs}: must be at least 1")
+    if int(config.train.steps_per_epoch) < 0:
+        raise EffdrError(
+            f"train.steps_per_epoch={config.train.steps_per_epoch}: must be 0 (one pass over "
+            "the training split) or more"
+        )
     manifest = pipeline.load_manifest(config.data.data_dir)
     if "train" not in manifest["splits"]:
         raise EffdrError(f"{config.data.data_dir}: no train split in manifest.json")
