@@ -7,6 +7,7 @@ non-TensorFlow Keras backend, say) never imports TensorFlow. Remote URLs go thro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -79,3 +80,45 @@ def write_atomic(path: str, data: bytes | str) -> None:
     with _gfile().GFile(tmp, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     _gfile().rename(tmp, path, overwrite=True)
+
+
+def replace_dir(tmp: str, target: str) -> None:
+    """Puts the finished folder ``tmp`` at ``target``: a rename on local disk; on object
+    stores (gs://, ram://), where folders cannot be renamed, a copy of every file."""
+    gfile = _gfile()
+    remove_tree(target)
+    if not is_remote(tmp):
+        os.replace(tmp, target)
+        return
+    for root, _, files in gfile.walk(tmp):
+        relative = root[len(tmp) :].lstrip("/")
+        folder = f"{target}/{relative}" if relative else target
+        gfile.makedirs(folder)
+        for name in files:
+            gfile.copy(f"{root}/{name}", f"{folder}/{name}", overwrite=True)
+    remove_tree(tmp)
+
+
+def temporary_name(path: str) -> str:
+    """Where to write ``path`` before it is complete: beside it, under a name that ``path`` is
+    not a prefix of (object stores such as ram:// match folders by prefix)."""
+    parent, name = path.rstrip("/").rsplit("/", 1)
+    return f"{parent}/.tmp-{name}"
+
+
+def remove_tree(path: str) -> None:
+    """Deletes a folder and everything under it, if it exists. On object stores a "folder" may
+    exist only as the prefix of its files, which ``rmtree`` does not always find: the files are
+    then deleted one by one."""
+    gfile = _gfile()
+    if not gfile.exists(path):
+        return
+    import tensorflow as tf
+
+    try:
+        gfile.rmtree(path)
+    except tf.errors.NotFoundError:
+        for root, _, files in list(gfile.walk(path)):
+            for name in files:
+                with contextlib.suppress(tf.errors.NotFoundError):
+                    gfile.remove(f"{root}/{name}")

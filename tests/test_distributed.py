@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from effdr_tf import fileio
 from effdr_tf.errors import EffdrError
-from effdr_tf.training import checkpointing, distribute, loop
+from effdr_tf.training import distribute, loop
 from tests.conftest import REPO, run_command
 from tests.test_pipeline import build_tiny
 from tests.test_training import TINY_CONFIG, _free_ports, tiny_config
@@ -317,13 +318,13 @@ def test_train_eval_export_on_a_bucket(tmp_path):
 
 def test_replace_dir_on_a_bucket():
     target = "ram://replace/new"
-    tmp = checkpointing.temporary_name(target)
+    tmp = fileio.temporary_name(target)
     for path, text in ((f"{target}/old.txt", "old"), (f"{tmp}/a.txt", "a"),
                        (f"{tmp}/sub/b.txt", "b")):  # fmt: skip
         tf.io.gfile.makedirs(os.path.dirname(path))
         with tf.io.gfile.GFile(path, "w") as f:
             f.write(text)
-    checkpointing.replace_dir(tmp, target)
+    fileio.replace_dir(tmp, target)
     assert not tf.io.gfile.exists(f"{target}/old.txt")
     assert tf.io.gfile.GFile(f"{target}/sub/b.txt").read() == "b"
     assert tf.io.gfile.GFile(f"{target}/a.txt").read() == "a"

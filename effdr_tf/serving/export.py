@@ -29,7 +29,6 @@ from effdr_tf import fileio
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import clinical, scoring
 from effdr_tf.pipeline import input as pipeline
-from effdr_tf.training import checkpointing
 
 FORMATS = ("saved_model", "float32", "float16", "int8")
 
@@ -119,11 +118,11 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
     report = {}
     if "saved_model" in formats:
         target = os.path.join(folder, "saved_model_bytes")
-        tmp = checkpointing.temporary_name(target)
-        checkpointing.remove_tree(tmp)
+        tmp = fileio.temporary_name(target)
+        fileio.remove_tree(tmp)
         server = BytesServer(run)
         tf.saved_model.save(server, tmp, signatures={"serving_default": server.serve})
-        checkpointing.replace_dir(tmp, target)
+        fileio.replace_dir(tmp, target)
         served = (
             tf.saved_model.load(target)
             .signatures["serving_default"](image_bytes=tf.constant(encoded))["probabilities"]

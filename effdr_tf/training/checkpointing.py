@@ -10,14 +10,13 @@ collective hangs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 
 import tensorflow as tf
 
-from effdr_tf import models
+from effdr_tf import fileio, models
 from effdr_tf.errors import EffdrError
 from effdr_tf.training import distribute
 
@@ -83,9 +82,7 @@ class Checkpoints:
 
 def check_workers_agree(strategy, step: int) -> None:
     """Every worker's restored step, gathered across workers; a difference is an error."""
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return
-    if strategy.extended._num_workers < 2:  # noqa: SLF001 - no public count of workers
+    if distribute.num_workers(strategy) < 2:
         return
     mine = strategy.run(lambda: tf.constant([step], tf.int64))
     steps = strategy.gather(mine, axis=0).numpy()
@@ -110,46 +107,6 @@ def save_weights(model, path: str, ema=None) -> None:
             ema.swap()
 
 
-def replace_dir(tmp: str, target: str) -> None:
-    """Puts the finished folder ``tmp`` at ``target``: a rename on local disk; on object
-    stores (gs://, ram://), where folders cannot be renamed, a copy of every file."""
-    gfile = tf.io.gfile
-    remove_tree(target)
-    if "://" not in tmp:
-        os.replace(tmp, target)
-        return
-    for root, _, files in gfile.walk(tmp):
-        relative = root[len(tmp) :].lstrip("/")
-        folder = f"{target}/{relative}" if relative else target
-        gfile.makedirs(folder)
-        for name in files:
-            gfile.copy(f"{root}/{name}", f"{folder}/{name}", overwrite=True)
-    remove_tree(tmp)
-
-
-def temporary_name(path: str) -> str:
-    """Where to write ``path`` before it is complete: beside it, under a name that ``path`` is
-    not a prefix of (object stores such as ram:// match folders by prefix)."""
-    parent, name = path.rstrip("/").rsplit("/", 1)
-    return f"{parent}/.tmp-{name}"
-
-
-def remove_tree(path: str) -> None:
-    """Deletes a folder and everything under it, if it exists. On object stores a "folder" may
-    exist only as the prefix of its files, which ``rmtree`` does not always find: the files are
-    then deleted one by one."""
-    gfile = tf.io.gfile
-    if not gfile.exists(path):
-        return
-    try:
-        gfile.rmtree(path)
-    except tf.errors.NotFoundError:
-        for root, _, files in list(gfile.walk(path)):
-            for name in files:
-                with contextlib.suppress(tf.errors.NotFoundError):
-                    gfile.remove(f"{root}/{name}")
-
-
 def export(model, folder: str) -> None:
     """``model.keras`` and ``saved_model/`` under ``folder``, in float32 whatever the training
     policy, so they load and convert (TFLite) on any machine."""
@@ -161,7 +118,7 @@ def export(model, folder: str) -> None:
     plain.save(tmp_keras)
     gfile.rename(tmp_keras, keras_path, overwrite=True)
     saved = f"{folder}/saved_model"
-    tmp_saved = temporary_name(saved)
-    remove_tree(tmp_saved)
+    tmp_saved = fileio.temporary_name(saved)
+    fileio.remove_tree(tmp_saved)
     plain.export(tmp_saved, verbose=False)
-    replace_dir(tmp_saved, saved)
+    fileio.replace_dir(tmp_saved, saved)

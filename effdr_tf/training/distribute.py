@@ -50,15 +50,13 @@ def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
     raise EffdrError(f"--strategy={name}: choose one of {', '.join(STRATEGIES)}")
 
 
-def _num_workers(strategy) -> int:
+def num_workers(strategy) -> int:
+    """Machines taking part (workers and chief); 1 outside MultiWorkerMirroredStrategy."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
         return 1
-    return max(
-        1,
-        len(resolver.cluster_spec().as_dict().get("worker", []))
-        + len(resolver.cluster_spec().as_dict().get("chief", [])),
-    )
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
 
 
 def sync_batch_norm(setting, strategy) -> bool:
@@ -70,7 +68,7 @@ def sync_batch_norm(setting, strategy) -> bool:
         return bool(setting)
     if strategy is None or strategy.num_replicas_in_sync < 2:
         return False
-    return _num_workers(strategy) < 2
+    return num_workers(strategy) < 2
 
 
 def jit_compile(setting, strategy) -> bool:
@@ -84,8 +82,9 @@ def jit_compile(setting, strategy) -> bool:
     """
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return False
-    on = bool(tf.config.list_logical_devices("GPU")) if setting is None else bool(setting)
-    if on and strategy.num_replicas_in_sync > 1 and not tf.config.list_logical_devices("GPU"):
+    gpus = bool(tf.config.list_logical_devices("GPU"))
+    on = gpus if setting is None else bool(setting)
+    if on and strategy.num_replicas_in_sync > 1 and not gpus:
         raise EffdrError(
             "train.jit_compile=True with several replicas needs GPUs (or a TPU, which compiles "
             "the step anyway); on CPU devices leave it unset"

@@ -285,10 +285,7 @@ class Trainer:
         self.monitor = Monitor(model_dir, self.chief)
         self._train_fn = None
         self._open_groups = None
-        self.validation = Validation(
-            config, self.model, strategy, batch_size=int(config.data.eval_batch_size),
-            image_size=s.image_size,
-        )  # fmt: skip
+        self.validation = Validation(config, self.model, strategy, image_size=s.image_size)
 
     def _make_iterator(self, seed: int):
         config = self.config.copy_and_resolve_references()

@@ -42,6 +42,17 @@ def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
+def _only_if(ok, update):
+    """Runs ``update`` (a per-device variable update, no collective inside); with ``ok`` (a
+    bool tensor) only where it holds."""
+
+    def run():
+        update()
+        return tf.constant(True)
+
+    return run() if ok is None else tf.cond(ok, run, lambda: tf.constant(False))
+
+
 def all_finite(tensors) -> tf.Tensor:
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
@@ -111,14 +122,11 @@ class EMA:
         weights = [_tf_variable(w) for w in self.model_weights]
 
         def move(average, weight, decay, ok):
-            def assign():
-                d = tf.cast(decay, average.dtype)
-                average.assign_sub((1.0 - d) * (average - tf.cast(weight, average.dtype)))
-                return tf.constant(True)
-
-            if ok is None:
-                return assign()
-            return tf.cond(ok, assign, lambda: tf.constant(False))
+            d = tf.cast(decay, average.dtype)
+            return _only_if(
+                ok,
+                lambda: average.assign_sub((1.0 - d) * (average - tf.cast(weight, average.dtype))),
+            )
 
         def per_device(distribution, decay, finite):
             for average, weight in zip(self.averages, weights, strict=True):
@@ -168,13 +176,7 @@ def apply_gradients(optimizer, grads, variables, finite=None) -> None:
     increment = tf.constant(1, iterations.dtype) if finite is None else tf.cast(finite, tf.int64)
 
     def update(variable, grad, lr, ok):
-        def apply():
-            optimizer.update_step(grad, variable, lr)
-            return tf.constant(True)
-
-        if ok is None:
-            return apply()
-        return tf.cond(ok, apply, lambda: tf.constant(False))
+        return _only_if(ok, lambda: optimizer.update_step(grad, variable, lr))
 
     def per_device(distribution, pairs, lr, ok, increment):
         for grad, variable in pairs:

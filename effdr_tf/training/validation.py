@@ -15,11 +15,12 @@ from effdr_tf.pipeline import input as pipeline
 class Validation:
     """Scores splits with the model, under the strategy, on every worker."""
 
-    def __init__(self, config, model, strategy, *, batch_size: int, image_size: int):
+    def __init__(self, config, model, strategy, *, image_size: int):
         self.config = config
         self.model = model
         self.strategy = strategy
         replicas = strategy.num_replicas_in_sync
+        batch_size = int(config.data.eval_batch_size)
         self.batch_size = max(replicas, batch_size - batch_size % replicas)  # divides evenly
         self.image_size = int(image_size)
         self.traces = 0  # how often the step was traced (benchmarks, tests)
