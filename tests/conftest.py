@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the reference outputs live, and how to run our commands."""
+"""Shared test fixtures: the PyTorch reference checkpoints, and how to run our commands."""
 
 import os
 import pathlib
@@ -8,17 +8,14 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# Reference outputs made with the PyTorch implementations (see README.json there).
-FIXTURES = pathlib.Path(os.environ.get("EFFDR_FIXTURES", REPO.parent / "shared" / "fixtures"))
-REFERENCE = FIXTURES / "reference"
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> pathlib.Path:
-    assert (REFERENCE / "README.json").exists(), (
-        f"reference fixtures not found at {REFERENCE}; set EFFDR_FIXTURES"
-    )
-    return REFERENCE
+def reference_dir(tmp_path_factory) -> pathlib.Path:
+    """Checkpoints and logits from the PyTorch reference implementations, made for this run."""
+    from tests import torch_reference
+
+    return torch_reference.write_references(tmp_path_factory.mktemp("reference"))
 
 
 @pytest.fixture(scope="session")
