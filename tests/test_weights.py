@@ -275,6 +275,48 @@ def test_every_tensor_is_placed_or_named(reference_dir, tmp_path):
     assert "1 unexpected: blocks.9.0.conv_pw.weight" in message
 
 
+def _huge_weights_h5(path):
+    """A Keras 3 .weights.h5 of a few KB declaring one 30000 x 30000 float32 variable (3.6 GB):
+    unwritten chunks of a chunked dataset cost nothing on disk and read as the fill value."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "layers/stem_conv/vars/0", shape=(30000, 30000), dtype="f4", chunks=(1000, 1000)
+        )
+
+
+def test_declared_sizes_are_checked_before_any_tensor_is_read(tmp_path):
+    import struct
+    import zipfile
+
+    _huge_weights_h5(tmp_path / "huge.weights.h5")
+    header = {"conv_stem.weight": {"dtype": "F32", "shape": [40000, 40000], "data_offsets": [0, 4]}}
+    blob = json.dumps(header).encode()
+    (tmp_path / "huge.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(4))
+    with zipfile.ZipFile(tmp_path / "bomb.keras", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("model.weights.h5", bytes(300 << 20))  # 300 MiB of zeros in about 300 KB
+    cases = [
+        ("huge.weights.h5", "stem_conv/vars/0 declares 900,000,000 values"),
+        ("huge.safetensors", "conv_stem.weight declares 1,600,000,000 values"),
+        ("bomb.keras", "declares 300 MiB of data in a 0.3 MiB file"),
+    ]
+    for name, expected in cases:
+        with pytest.raises(WeightsError) as error:
+            weights_lib.read_checkpoint(str(tmp_path / name))
+        assert expected in str(error.value) and str(tmp_path / name) in str(error.value)
+    # The same refusal through the command, measured: the 3.6 GB are never allocated.
+    script = (
+        "import resource, sys\n"
+        "from effdr_tf.models import weights\n"
+        "try:\n    weights.read_checkpoint(sys.argv[1])\n"
+        "except weights.WeightsError as e:\n    print(e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    result = run_command("-c", script, str(tmp_path / "huge.weights.h5"))
+    message, peak_kib = result.stdout.strip().splitlines()
+    assert "declares 900,000,000 values" in message
+    assert int(peak_kib) < 2 * 2**20, f"peak RSS {int(peak_kib) >> 10} MiB"
+
+
 def test_pth_without_torch_says_what_to_install(lite0_pth, monkeypatch):
     import sys
 

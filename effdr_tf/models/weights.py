@@ -43,6 +43,16 @@ _KERAS_NORMALIZATION = re.compile(r"^normalization(_\d+)?$")
 # Where keras.applications keeps downloaded weights: $KERAS_HOME/models (default ~/.keras).
 KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/keras-applications/"
 
+# Limits on what a file may declare before any tensor is read, so a crafted file (a compressed
+# HDF5 dataset or zip entry of zeros declaring gigabytes) is refused instead of allocated.
+# EfficientNet-L2, the largest supported, has about 480M parameters; no tensor of any variant
+# comes near 2^27 values (L2's classifier for ImageNet-21k's 21,843 classes has 120M).
+MAX_TENSOR_VALUES = 1 << 27
+# Weights hardly compress (float32 noise), so a file declaring far more bytes than it holds is
+# not a checkpoint; the slack covers small zero-initialised tensors and format overhead.
+MAX_EXPANSION = 4
+EXPANSION_SLACK = 64 << 20
+
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGIC = b"PK\x03\x04"
 _ADVPROP = re.compile(r"advprop|(^|[^a-z])adv[-_]|[._]ap([._-]|$)")
@@ -160,15 +170,21 @@ def read_checkpoint(path: str) -> Checkpoint:
         raise WeightsError(f"{path}: empty file, not a checkpoint")
     try:
         if data.startswith(_HDF5_MAGIC):
-            return _read_hdf5(path, io.BytesIO(data))
+            return _read_hdf5(path, io.BytesIO(data), len(data))
         if data.startswith(_ZIP_MAGIC):
             with zipfile.ZipFile(io.BytesIO(data)) as z:
+                # Entries are files, not tensors: only what they expand to is checked here.
+                _check_declared(
+                    path, ((i.filename, 0, i.file_size) for i in z.infolist()), len(data)
+                )
                 if "model.weights.h5" in z.namelist():  # a Keras 3 .keras archive
-                    return _read_hdf5(path, io.BytesIO(z.read("model.weights.h5")))
+                    inner = z.read("model.weights.h5")
+                    return _read_hdf5(path, io.BytesIO(inner), len(inner))
             return _flat(path, _read_torch(path, data))
         if _looks_like_safetensors(data):
             from safetensors.numpy import load
 
+            _check_declared(path, _safetensors_declared(data), len(data))
             return _flat(path, load(data))
         if data[:2] == b"\x80\x02":  # legacy (pre-zip) torch.save pickle
             return _flat(path, _read_torch(path, data))
@@ -180,6 +196,48 @@ def read_checkpoint(path: str) -> Checkpoint:
         f"{path}: not a checkpoint (expected Keras .h5/.weights.h5/.keras, .safetensors or "
         ".pth contents)"
     )
+
+
+def _check_declared(path: str, entries, file_size: int) -> None:
+    """Refuses a file whose tensors (name, values, bytes) are larger than any EfficientNet's
+    or than its own bytes can hold, before anything is read or allocated."""
+    total = 0
+    for name, values, nbytes in entries:
+        if values > MAX_TENSOR_VALUES:
+            raise WeightsError(
+                f"{path}: {name} declares {values:,} values, more than any EfficientNet tensor "
+                f"(at most {MAX_TENSOR_VALUES:,}): not an EfficientNet checkpoint"
+            )
+        total += nbytes
+    if total > MAX_EXPANSION * file_size + EXPANSION_SLACK:
+        raise WeightsError(
+            f"{path}: declares {total / 2**20:,.0f} MiB of data in a {file_size / 2**20:,.1f} MiB "
+            "file, far more than weights compress to: corrupt or crafted, not read"
+        )
+
+
+def _safetensors_declared(data: bytes):
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    for name, info in header.items():
+        if name != "__metadata__":
+            begin, end = info["data_offsets"]
+            yield name, int(np.prod(info["shape"], dtype=np.float64)), int(end) - int(begin)
+
+
+def _hdf5_declared(group):
+    """(name, values, bytes) of every dataset in an open HDF5 file, from its metadata only."""
+    import h5py
+
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            values = int(np.prod(obj.shape, dtype=np.float64)) if obj.shape else 1
+            found.append((name, values, values * obj.dtype.itemsize))
+
+    group.visititems(visit)
+    return found
 
 
 def _looks_like_safetensors(data: bytes) -> bool:
@@ -225,10 +283,11 @@ def _flat(path: str, tensors: dict) -> Checkpoint:
     )
 
 
-def _read_hdf5(path: str, fileobj) -> Checkpoint:
+def _read_hdf5(path: str, fileobj, file_size: int) -> Checkpoint:
     import h5py
 
     with h5py.File(fileobj, "r") as f:
+        _check_declared(path, _hdf5_declared(f), file_size)
         metadata = json.loads(f.attrs[METADATA_ATTR]) if METADATA_ATTR in f.attrs else {}
         if "layer_names" in f.attrs:  # legacy Keras 2 format: keras.applications files
             tensors = {}
