@@ -7,6 +7,7 @@ python eval.py --model_dir=RUN --data_dir=APTOS_TFREC --split=validation --tta=f
 from absl import app, flags
 
 from effdr_tf import cli
+from effdr_tf.data.schema import SPLITS  # no TensorFlow: flags are checked before it loads
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A train.py model_dir.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Shards to score; default: the run's own.")
@@ -16,6 +17,14 @@ _OUT = flags.DEFINE_string("out", None, "Output folder; default MODEL_DIR/eval_<
 _IMAGES = flags.DEFINE_string("images", None, "A folder or CSV of photographs to grade.")
 _GRADCAM = flags.DEFINE_bool("gradcam", False, "With --images: a Grad-CAM overlay per image.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap rounds for intervals (0: off).")
+
+# Checked while the flags are parsed: one line and exit code 2 before TensorFlow loads.
+flags.register_validator("bootstrap", lambda v: v >= 0, message="--bootstrap must be 0 or more")
+flags.register_validator(
+    "split",
+    lambda v: bool(v) and all(s in SPLITS for s in v),
+    message=f"--split takes one or more of {', '.join(SPLITS)}",
+)
 
 
 @cli.entry_point

@@ -39,7 +39,7 @@ flags.mark_flag_as_required("output_dir")
 # Checked while the flags are parsed: a bad value is one line and exit code 2, before
 # TensorFlow loads and before anything is written.
 for _flag, _check, _message in (
-    (_IMAGE_SIZE, lambda v: v is None or v >= 8, "must be at least 8 pixels"),
+    (_IMAGE_SIZE, lambda v: v is None or 32 <= v <= 4096, "must be 32 to 4096 pixels"),
     (_NUM_SHARDS, lambda v: v is None or v >= 1, "must be at least 1"),
     (_WORKERS, lambda v: v >= 1, "must be at least 1"),
     (_NUM_IMAGES, lambda v: v >= 1, "must be at least 1"),

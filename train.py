@@ -10,9 +10,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from effdr_tf import cli
+from effdr_tf.training import options  # no TensorFlow: the config is checked before it loads
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Recipe file[:arg].")
-_STRATEGY = flags.DEFINE_string("strategy", "default", "default, mirrored, multi_worker or tpu.")
+_STRATEGY = flags.DEFINE_enum("strategy", "default", options.STRATEGIES, "How to distribute.")
 _TPU = flags.DEFINE_string(
     "tpu", None, "--strategy=tpu: a TPU node's name or grpc:// address; leave out on a TPU VM."
 )
@@ -24,13 +25,14 @@ _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Where checkpoints and logs 
 @cli.entry_point
 def main(argv):
     del argv
-    from effdr_tf.training import loop
-
     config = _CONFIG.value
     if _VARIANT.value:
         config.variant = _VARIANT.value
     if _DATA_DIR.value:
         config.data.data_dir = _DATA_DIR.value
+    options.check(config)
+    from effdr_tf.training import loop
+
     loop.train(config, _MODEL_DIR.value, strategy=_STRATEGY.value, tpu=_TPU.value)
 
 

@@ -8,8 +8,7 @@ import os
 import tensorflow as tf
 
 from effdr_tf.errors import EffdrError
-
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from effdr_tf.training.options import STRATEGIES
 
 
 def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:

@@ -32,7 +32,7 @@ from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import metrics
 from effdr_tf.pipeline import balance
 from effdr_tf.pipeline import input as pipeline
-from effdr_tf.training import checkpointing, distribute, recipes
+from effdr_tf.training import checkpointing, distribute, options, recipes
 from effdr_tf.training import step as step_lib
 from effdr_tf.training.monitor import Monitor
 from effdr_tf.training.validation import Validation
@@ -64,14 +64,8 @@ class Setup:
 
 def check_config(config, strategy) -> Setup:
     """Every check that can fail before anything is written."""
+    options.check(config)
     models.canonical_variant(config.variant)
-    if int(config.train.epochs) < 1:
-        raise EffdrError(f"train.epochs={config.train.epochs}: must be at least 1")
-    if int(config.train.steps_per_epoch) < 0:
-        raise EffdrError(
-            f"train.steps_per_epoch={config.train.steps_per_epoch}: must be 0 (one pass over "
-            "the training split) or more"
-        )
     manifest = pipeline.load_manifest(config.data.data_dir)
     if "train" not in manifest["splits"]:
         raise EffdrError(f"{config.data.data_dir}: no train split in manifest.json")
@@ -95,8 +89,6 @@ def check_config(config, strategy) -> Setup:
         )  # fmt: skip
     train_count = int(manifest["splits"]["train"]["count"])
     spe = recipes.steps_per_epoch(train_count, global_batch, config.train.steps_per_epoch)
-    if config.train.best_metric not in ("kappa", "accuracy", "loss"):
-        raise EffdrError(f"train.best_metric={config.train.best_metric!r}: kappa, accuracy, loss")
     return Setup(
         num_classes=num_classes,
         image_size=int(config.data.image_size or manifest["image_size"]),

@@ -9,9 +9,7 @@ import keras
 import tensorflow as tf
 
 from effdr_tf.errors import EffdrError
-
-SCHEDULES = ("exponential", "step", "plateau", "constant")
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
+from effdr_tf.training.options import OPTIMIZERS, SCHEDULES
 
 
 class LearningRate(keras.optimizers.schedules.LearningRateSchedule):

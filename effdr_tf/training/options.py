@@ -1,0 +1,67 @@
+"""What a training config may ask for: names and ranges, checked before TensorFlow loads.
+
+train.py runs ``check`` right after its flags are parsed, so a mistyped value costs one line
+and exit code 2, not the seconds and the gigabyte TensorFlow takes to start; ``loop.train``
+runs it again for callers of the library. Checks that need the data (the manifest, the number
+of replicas) stay in ``loop.check_config``.
+"""
+
+from __future__ import annotations
+
+from effdr_tf.errors import EffdrError
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+SCHEDULES = ("exponential", "step", "plateau", "constant")
+LR_SCALINGS = ("linear", "none")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+BEST_METRICS = ("kappa", "accuracy", "loss")
+
+
+def _at_least(name: str, value, low) -> None:
+    if value < low:
+        raise EffdrError(f"{name}={value}: must be at least {low}")
+
+
+def _choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise EffdrError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+
+
+def _fraction(name: str, value, *, closed: bool = False) -> None:
+    if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+        raise EffdrError(f"{name}={value}: must be in [0, 1{']' if closed else ')'}")
+
+
+def check(config) -> None:
+    """Raises ``EffdrError`` naming the first setting of ``config`` out of its range."""
+    data, train, augment = config.data, config.train, config.augment
+    _at_least("train.epochs", train.epochs, 1)
+    _at_least("train.steps_per_epoch", train.steps_per_epoch, 0)
+    _at_least("data.batch_size", data.batch_size, 1)
+    _at_least("data.eval_batch_size", data.eval_batch_size, 1)
+    _at_least("data.image_size", data.image_size, 0)
+    if not 0.0 < data.eval_crop_fraction <= 1.0:
+        raise EffdrError(f"data.eval_crop_fraction={data.eval_crop_fraction}: must be in (0, 1]")
+    if not train.learning_rate > 0:
+        raise EffdrError(f"train.learning_rate={train.learning_rate}: must be positive")
+    _choice("train.optimizer", train.optimizer, OPTIMIZERS)
+    _choice("train.schedule", train.schedule, SCHEDULES)
+    _choice("train.lr_scaling", train.lr_scaling, LR_SCALINGS)
+    _choice("train.mixed_precision", train.mixed_precision, PRECISIONS)
+    _choice("train.best_metric", train.best_metric, BEST_METRICS)
+    _at_least("train.warmup_epochs", train.warmup_epochs, 0)
+    _at_least("train.freeze_backbone_epochs", train.freeze_backbone_epochs, 0)
+    _at_least("train.steps_per_execution", train.steps_per_execution, 0)
+    _at_least("train.checkpoint_every_steps", train.checkpoint_every_steps, 1)
+    _at_least("train.keep_checkpoints", train.keep_checkpoints, 1)
+    _at_least("train.log_every_steps", train.log_every_steps, 1)
+    _at_least("train.weight_decay", train.weight_decay, 0)
+    _fraction("train.label_smoothing", train.label_smoothing)
+    _fraction("train.ema_decay", train.ema_decay)
+    _at_least("augment.num_layers", augment.num_layers, 0)
+    if not 0.0 <= augment.magnitude <= augment.max_magnitude:
+        raise EffdrError(
+            f"augment.magnitude={augment.magnitude}: must be in [0, augment.max_magnitude="
+            f"{augment.max_magnitude}]"
+        )
