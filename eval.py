@@ -7,6 +7,7 @@ python eval.py --model_dir=RUN --data_dir=APTOS_TFREC --split=validation --tta=f
 from absl import app, flags
 
 from effdr_tf import cli
+from effdr_tf.data import image_header  # pure Python: the flags load nothing heavy
 from effdr_tf.data.schema import SPLITS  # no TensorFlow: flags are checked before it loads
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A train.py model_dir.", required=True)
@@ -17,6 +18,15 @@ _OUT = flags.DEFINE_string("out", None, "Output folder; default MODEL_DIR/eval_<
 _IMAGES = flags.DEFINE_string("images", None, "A folder or CSV of photographs to grade.")
 _GRADCAM = flags.DEFINE_bool("gradcam", False, "With --images: a Grad-CAM overlay per image.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap rounds for intervals (0: off).")
+_MAX_MEGAPIXELS = flags.DEFINE_float(
+    "max_megapixels",
+    image_header.DEFAULT_MAX_MEGAPIXELS,
+    "With --images: photographs whose header declares more pixels get an error row instead "
+    "of being decoded (16-bit: twice).",
+)
+flags.register_validator(
+    _MAX_MEGAPIXELS.name, lambda v: v > 0, message="--max_megapixels must be above 0"
+)
 
 # Checked while the flags are parsed: one line and exit code 2 before TensorFlow loads.
 flags.register_validator("bootstrap", lambda v: v >= 0, message="--bootstrap must be 0 or more")
@@ -37,8 +47,17 @@ def main(argv):
         if not _OUT.value:
             raise EffdrError("--images needs --out (where predictions.csv goes)")
         result = predict.predict_images(
-            _MODEL_DIR.value, _IMAGES.value, _OUT.value, gradcam=_GRADCAM.value
+            _MODEL_DIR.value,
+            _IMAGES.value,
+            _OUT.value,
+            gradcam=_GRADCAM.value,
+            max_pixels=_MAX_MEGAPIXELS.value * 1e6,
         )
+        if not result["graded"]:
+            raise EffdrError(
+                f"{_IMAGES.value}: none of the {result['unreadable']} images could be graded; "
+                f"the reasons are in {result['csv']}"
+            )
         print(
             f"graded {result['graded']} images, {result['unreadable']} unreadable: {result['csv']}"
         )

@@ -9,6 +9,7 @@ import os
 from absl import app, flags
 
 from effdr_tf import cli
+from effdr_tf.data import fundus
 from effdr_tf.data.sources import SOURCES  # no TensorFlow: flags are checked before it loads
 
 _DATA = flags.DEFINE_enum(
@@ -34,6 +35,11 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "--data=synthetic_dr: how
 _IMAGE_FORMAT = flags.DEFINE_enum("image_format", "jpeg", ["jpeg", "png"], "Encoding in shards.")
 _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality 1-100.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild a complete output folder.")
+_MAX_MEGAPIXELS = flags.DEFINE_float(
+    "max_megapixels",
+    fundus.DEFAULT_MAX_MEGAPIXELS,
+    "Inputs whose header declares more pixels are rejected before decoding (16-bit: twice).",
+)
 flags.mark_flag_as_required("output_dir")
 
 # Checked while the flags are parsed: a bad value is one line and exit code 2, before
@@ -45,6 +51,7 @@ for _flag, _check, _message in (
     (_NUM_IMAGES, lambda v: v >= 1, "must be at least 1"),
     (_JPEG_QUALITY, lambda v: 1 <= v <= 100, "must be between 1 and 100"),
     (_VAL_FRACTION, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    (_MAX_MEGAPIXELS, lambda v: v > 0, "must be above 0"),
 ):
     flags.register_validator(_flag.name, _check, message=f"--{_flag.name} {_message}")
 
@@ -74,6 +81,7 @@ def main(argv):
         seed=_SEED.value,
         image_format=_IMAGE_FORMAT.value,
         jpeg_quality=_JPEG_QUALITY.value,
+        max_megapixels=_MAX_MEGAPIXELS.value,
     )
     manifest = builder.build(
         source, _OUTPUT_DIR.value, options, workers=_WORKERS.value, overwrite=_OVERWRITE.value

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from benchmarks.decode_memory import patched_jpeg, zeros_png
 from effdr_tf.evaluation import clinical, evaluate, metrics, scoring
 from effdr_tf.training import loop
 from tests import browser
@@ -276,6 +277,9 @@ def test_predict_on_a_folder_grades_good_images_and_reports_bad_ones(trained_run
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (folder / "notes.txt").write_text("not an image")
+    # A few KB each whose headers declare 3.6 gigapixels: OpenCV raised on these before.
+    (folder / "huge.jpg").write_bytes(patched_jpeg(60000, 60000))
+    (folder / "huge.png").write_bytes(zeros_png(60000, 60000, rows=1))
     result = run_command(
         "eval.py",
         f"--model_dir={trained_run / 'run'}",
@@ -284,12 +288,18 @@ def test_predict_on_a_folder_grades_good_images_and_reports_bad_ones(trained_run
         "--gradcam",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "graded 3 images, 2 unreadable" in result.stdout
+    assert "graded 3 images, 4 unreadable" in result.stdout
     with open(tmp_path / "predictions.csv") as f:
         rows = {r["path"]: r for r in csv.DictReader(f)}
-    assert len(rows) == 5
+    assert len(rows) == 7
     assert rows[str(folder / "empty.jpg")]["error"] == "empty file"
     assert rows[str(folder / "broken.png")]["error"]
+    for name in ("huge.jpg", "huge.png"):
+        assert rows[str(folder / name)]["error"] == (
+            "image is 60000x60000 (3600.0 megapixels), over the 50 megapixel limit "
+            "(--max_megapixels)"
+        )
+        assert rows[str(folder / name)]["grade"] == ""
     index = {image_id: i for i, image_id in enumerate(scored["ids"])}
     for path, image_id in written.items():
         got = np.array([float(rows[path][f"p{c}"]) for c in range(K)])
@@ -298,6 +308,65 @@ def test_predict_on_a_folder_grades_good_images_and_reports_bad_ones(trained_run
     overlays = sorted((tmp_path / "gradcam").glob("*.png"))
     assert len(overlays) == 3
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in overlays)
+
+
+def test_predict_turns_any_failure_of_one_file_into_its_row(trained_run, tmp_path, monkeypatch):
+    """Whatever one file raises (here MemoryError and an OpenCV error from the decoder) is
+    that file's error; the others are graded. With nothing graded eval.py exits 2."""
+    import tensorflow as tf
+
+    from effdr_tf.data import fundus
+    from effdr_tf.evaluation import predict
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shard = next((trained_run / "data").glob("test-*.tfrecord"))
+    record = next(iter(tf.data.TFRecordDataset([str(shard)])))
+    photo = tf.io.parse_single_example(record, pipeline_features())["image/encoded"].numpy()
+    for name in ("good.png", "memory.png", "opencv.png"):
+        (folder / name).write_bytes(photo)
+    decode = fundus.decode
+
+    def failing(data, *args, **kwargs):
+        if failing.calls == 1:
+            failing.calls += 1
+            raise MemoryError("cannot allocate 3.6 GB")
+        if failing.calls == 2:
+            failing.calls += 1
+            raise cv2.error("OpenCV(5.0.0) loadsave.cpp:77: error: (-215:Assertion failed)")
+        failing.calls += 1
+        return decode(data, *args, **kwargs)
+
+    failing.calls = 0
+    monkeypatch.setattr(fundus, "decode", failing)
+    result = predict.predict_images(str(trained_run / "run"), str(folder), str(tmp_path / "a"))
+    errors = {os.path.basename(r["path"]): r["error"] for r in result["rows"]}
+    assert result["graded"] == 1 and errors["good.png"] == ""
+    assert errors["memory.png"] == (
+        "unexpected error while preprocessing: MemoryError: cannot allocate 3.6 GB"
+    )
+    assert errors["opencv.png"].startswith("unexpected error while preprocessing: error: OpenCV")
+    monkeypatch.undo()
+
+    # --max_megapixels reaches the decoder: under a tiny budget nothing is graded, which is an
+    # error (exit 2, one line) that still leaves the reasons in predictions.csv.
+    out = tmp_path / "b"
+    result = run_command(
+        "eval.py",
+        f"--model_dir={trained_run / 'run'}",
+        f"--images={folder}",
+        f"--out={out}",
+        "--max_megapixels=0.001",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "none of the 3 images could be graded" in errors[0]
+    with open(out / "predictions.csv") as f:
+        reasons = [r["error"] for r in csv.DictReader(f)]
+    assert len(reasons) == 3
+    assert all(r.endswith("over the 0.001 megapixel limit (--max_megapixels)") for r in reasons)
+    result = run_command("eval.py", f"--model_dir={trained_run / 'run'}", "--max_megapixels=0")
+    assert result.returncode == 2 and "--max_megapixels must be above 0" in result.stderr
 
 
 def pipeline_features():

@@ -245,3 +245,95 @@ def test_missing_label_files_are_clear_errors(tmp_path, name, files, match):
         list(source.scan())
     with pytest.raises(EffdrError, match="data_dir not found"):
         make_source(name, str(tmp_path / "absent")).check()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("path,label,label,path\na.jpg,1,2,b.jpg\n", "duplicate column name.s. label, path"),
+        ("path,label\na.jpg,1\n" + "b" * 200_000 + ".jpg,2\n", "line 3: field larger than"),
+        ('path,label\na.jpg,1\n"b.jpg,2\nc.jpg,3\n' + "x" * 200_000, "line 3: field larger"),
+        ("path,label\na.jpg,1\nb\0.jpg,2\n", "line 3: NUL byte"),
+        ("\ufeffpath,label\n".encode("utf-16"), "not UTF-8 text"),
+    ],
+    ids=["duplicate-columns", "long-field", "unclosed-quote", "nul-byte", "utf-16"],
+)
+def test_label_file_mistakes_are_one_line_errors(tmp_path, text, match):
+    labels = tmp_path / "labels.csv"
+    if isinstance(text, bytes):
+        labels.write_bytes(text)
+    else:
+        labels.write_text(text)
+    write_fundus(tmp_path / "a.jpg", 1)
+    with pytest.raises(EffdrError, match=match) as error:
+        scan("csv", tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{labels}: ") and "\n" not in message and len(message) < 300
+
+
+def test_label_files_keep_spaces_in_names_and_reject_empty_paths(tmp_path):
+    write_fundus(tmp_path / "my photo.jpg", 1)
+    write_fundus(tmp_path / "b.jpg", 2)
+    # A byte-order mark, CRLF line ends, spaces around values and a row without a path.
+    (tmp_path / "labels.csv").write_bytes(
+        "\ufeffpath , label\r\nmy photo.jpg,1\r\n  b.jpg , 2\r\n,3\r\n\r\n".encode()
+    )
+    records, rejects = scan("csv", tmp_path)
+    assert {k: r.label for k, r in records.items()} == {"my photo.jpg": 1, "b.jpg": 2}
+    assert rejects == [Reject(f"{tmp_path / 'labels.csv'}:4", "empty path")]
+
+    (tmp_path / "train.csv").write_text("id_code,diagnosis\n,2\n")
+    _, rejects = scan("aptos2019", tmp_path)
+    assert rejects == [Reject(f"{tmp_path / 'train.csv'}:2", "empty id_code")]
+
+
+def test_folder_symlinks_stay_inside_data_dir(tmp_path):
+    data = tmp_path / "graded"
+    secret = write_fundus(tmp_path / "outside" / "secret.jpg", 1)
+    write_fundus(data / "0" / "a.jpg", 2)
+    write_fundus(data / "raw" / "b.jpg", 3)
+    (data / "1").mkdir()
+    os.symlink(secret, data / "1" / "leak.jpg")  # a file leading out
+    os.symlink(data / "0" / "a.jpg", data / "1" / "again.jpg")  # a file inside
+    os.symlink(tmp_path / "outside", data / "2")  # a folder leading out
+    os.symlink(data / "raw", data / "3")  # a folder inside
+    os.symlink(data / "raw", data / "4")  # the same folder again
+    os.symlink(data, data / "0" / "loop")  # back to the top
+    records, rejects = scan("folder", data)
+    assert sorted(records) == ["0/a.jpg", "1/again.jpg", "3/b.jpg"]
+    assert sorted((os.path.relpath(r.path, data), r.reason) for r in rejects) == [
+        ("0/loop", "symlink loop: leads to a folder above it"),
+        ("1/leak.jpg", "symlink leads outside data_dir"),
+        ("2", "symlink leads outside data_dir"),
+        ("4", "a second symlink to the same folder"),
+        ("raw/b.jpg", "folder 'raw' is not a grade: label 'raw' is not an integer"),
+    ]
+
+    # Layouts with fixed folders: a link out is a reject, a second file of the same name too.
+    (tmp_path / "aptos" / "train_images" / "sub").mkdir(parents=True)
+    os.symlink(secret, tmp_path / "aptos" / "train_images" / "x.png")
+    write_fundus(tmp_path / "aptos" / "train_images" / "y.png", 1)
+    write_fundus(tmp_path / "aptos" / "train_images" / "sub" / "y.png", 2)
+    (tmp_path / "aptos" / "train.csv").write_text("id_code,diagnosis\nx,1\ny,2\n")
+    records, rejects = scan("aptos2019", tmp_path / "aptos")
+    folder = tmp_path / "aptos" / "train_images"
+    assert list(records) == ["y"] and records["y"].path == str(folder / "y.png")
+    assert sorted((os.path.relpath(r.path, folder), r.reason) for r in rejects) == [
+        ("sub/y.png", f"same name as {folder / 'y.png'}: which one a label means is unknown"),
+        ("x.png", "file not found"),
+        ("x.png", "symlink leads outside data_dir"),
+    ]
+
+
+def test_eval_reads_image_lists_like_label_files(tmp_path):
+    from effdr_tf.evaluation.predict import list_images
+
+    images = tmp_path / "photos.csv"
+    images.write_bytes("\ufeffImage,grade\r\nsub/my photo.jpg,1\r\n b.jpg \r\n,\r\n".encode())
+    assert list_images(str(images)) == [
+        str(tmp_path / "sub" / "my photo.jpg"),
+        str(tmp_path / "b.jpg"),
+    ]
+    images.write_text("path,image,path\na.jpg,b.jpg,c.jpg\n")
+    with pytest.raises(EffdrError, match="photos.csv: duplicate column name.s. path$"):
+        list_images(str(images))

@@ -7,6 +7,9 @@ Layout of the output folder (DESIGN.md):
     rejects.csv                           path,reason for every input not written
     .parts/                               per-shard records while a build is in progress
 
+The folder may hold other files (it may be the data dir): only what the manifest or
+``.parts/params.json`` names is ever removed or replaced (``build``).
+
 Worker processes decode and preprocess images (OpenCV only); the main process writes the
 shards in a fixed order, so a build is byte-for-byte deterministic for a seed whatever the
 number of workers. Each shard is written under a temporary name and renamed when complete, with
@@ -27,6 +30,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 
 import numpy as np
 
@@ -60,6 +64,8 @@ class BuildOptions:
         seed: fixes the validation split and the order of examples within each split.
         image_format: ``jpeg`` or ``png``.
         jpeg_quality: 1-100.
+        max_megapixels: inputs whose header declares more are rejected before decoding (16-bit
+            images count twice; see ``fundus.decode``).
     """
 
     image_size: int = 224
@@ -69,6 +75,7 @@ class BuildOptions:
     seed: int = 0
     image_format: str = "jpeg"
     jpeg_quality: int = 95
+    max_megapixels: float = fundus.DEFAULT_MAX_MEGAPIXELS
 
     def check(self) -> None:
         if not 32 <= self.image_size <= 4096:
@@ -84,6 +91,8 @@ class BuildOptions:
             raise EffdrError(f"--image_format={self.image_format}: choose jpeg or png")
         if not 1 <= self.jpeg_quality <= 100:
             raise EffdrError(f"--jpeg_quality={self.jpeg_quality}: choose 1..100")
+        if not self.max_megapixels > 0:  # NaN too
+            raise EffdrError(f"--max_megapixels={self.max_megapixels}: choose a number above 0")
 
 
 @dataclasses.dataclass
@@ -171,14 +180,16 @@ def _process(record: Record) -> tuple:
     source, options = _WORKER["source"], _WORKER["options"]
     try:
         # The disc spans roughly the shorter side: keep a margin above the output size.
-        image = source.load(record, min_side=int(DECODE_MARGIN * options.image_size))
+        image = source.load(
+            record,
+            min_side=int(DECODE_MARGIN * options.image_size),
+            max_pixels=options.max_megapixels * 1e6,
+        )
         image = fundus.preprocess(image, options.preprocess, options.image_size)
         data = fundus.encode(image, options.image_format, options.jpeg_quality)
         return ("ok", data, image.shape[0], image.shape[1])
-    except fundus.RejectedImageError as e:
-        return ("reject", str(e))
     except Exception as e:  # noqa: BLE001 - a bad input must never stop the build
-        return ("reject", f"unexpected error while preprocessing: {type(e).__name__}: {e}")
+        return ("reject", fundus.describe_failure(e))
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,6 +234,16 @@ def _write_text(path: str, text: str) -> None:
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _write_failure(output_dir: str, name: str, error: BaseException) -> str:
+    """One line for a write that failed (a full disk, a quota, a revoked bucket permission):
+    finished shards are kept, so the same command resumes once the cause is fixed."""
+    reason = getattr(error, "message", None) or str(error) or type(error).__name__
+    return (
+        f"{os.path.join(output_dir, name)}: cannot write: {reason.strip().splitlines()[0]}; "
+        "finished shards are kept: free space (or fix access) and run the same command again"
+    )
 
 
 def _write_shards(pending, source, options, output_dir, workers, progress) -> None:
@@ -281,19 +302,163 @@ def _write_shards(pending, source, options, output_dir, workers, progress) -> No
             f"{output_dir}: a preprocessing worker died while writing {shard.name}; run the "
             "same command again to resume, or use --workers=1 to find the image at fault"
         ) from e
+    except (tf.errors.OpError, OSError) as e:
+        raise EffdrError(_write_failure(output_dir, shard.name, e)) from e
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _our_files(output_dir: str) -> list[str]:
+# Names the builder writes: a shard from ``plan_shards``. Names read back from a manifest or
+# params.json must match, so a tampered file can never make --overwrite delete anything else.
+SHARD_NAME = re.compile(r"[a-z_]+-\d{5}-of-\d{5}\.tfrecord")
+PARAMS = "params.json"
+LEAVE_IT = "move it away or choose another --output_dir"
+
+
+def _read_json(path: str):
+    """The JSON in ``path``; EffdrError naming the file if it cannot be read or parsed."""
     import tensorflow as tf
 
-    names = tf.io.gfile.listdir(output_dir) if tf.io.gfile.isdir(output_dir) else []
-    ours = [n for n in names if n.endswith((".tfrecord", ".tfrecord.tmp"))]
-    ours += [n for n in names if n in (MANIFEST, REJECTS, f"{MANIFEST}.tmp", f"{REJECTS}.tmp")]
-    return [os.path.join(output_dir, n) for n in ours]
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return json.loads(f.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EffdrError(
+            f"{path}: not valid JSON, so not written by this builder; {LEAVE_IT}"
+        ) from e
+    except tf.errors.OpError as e:
+        raise EffdrError(f"{path}: cannot read: {e.message}") from e
+
+
+def _manifest_problem(manifest) -> str | None:
+    """Why ``manifest`` is not a complete build of ours, or None."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    created_by = manifest.get("created_by")
+    if not isinstance(created_by, str) or not created_by.startswith("effdr_tf "):
+        return f"created_by is {created_by!r}, not effdr_tf"
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        return f"format_version {manifest.get('format_version')!r}, not {MANIFEST_VERSION}"
+    missing = [
+        k for k in ("splits", "num_seen", "num_written", "num_rejected") if k not in manifest
+    ]
+    if missing:
+        return f"no {', '.join(missing)}"
+    try:
+        for info in manifest["splits"].values():
+            if not isinstance(info["count"], int) or not isinstance(info["class_counts"], dict):
+                return "splits without counts"
+            for shard in info["shards"]:
+                if not isinstance(shard["name"], str) or not SHARD_NAME.fullmatch(shard["name"]):
+                    return f"shard name {shard['name']!r} is not one this builder writes"
+    except (AttributeError, KeyError, TypeError):
+        return "splits without counts and shards"
+    return None
+
+
+def _read_manifest(path: str) -> dict | None:
+    """Our manifest at ``path``, None if there is none; any other file there is an error."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(path):
+        return None
+    manifest = _read_json(path)
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise EffdrError(f"{path}: {problem}, so not written by this builder; {LEAVE_IT}")
+    return manifest
+
+
+def _read_params(parts_dir: str) -> dict | None:
+    """The settings of the unfinished build in ``parts_dir``, None if none was started there.
+
+    A ``.parts`` folder holding anything but records this builder writes is not ours: an error.
+    """
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(parts_dir):
+        return None
+    path = os.path.join(parts_dir, PARAMS)
+    if not tf.io.gfile.isdir(parts_dir):
+        raise EffdrError(f"{parts_dir}: not a folder this builder made; {LEAVE_IT}")
+    part = re.compile(rf"({SHARD_NAME.pattern}\.json|{re.escape(PARAMS)})(\.tmp)?")
+    strangers = [n for n in tf.io.gfile.listdir(parts_dir) if not part.fullmatch(n)]
+    if strangers:
+        raise EffdrError(
+            f"{os.path.join(parts_dir, strangers[0])}: not written by this builder; {LEAVE_IT}"
+        )
+    if not tf.io.gfile.exists(path):
+        return None  # killed before params.json was in place: nothing of it can be reused
+    params = _read_json(path)
+    keys = ("source", "options", "shards", "records")
+    if not (
+        isinstance(params, dict)
+        and all(k in params for k in keys)
+        and isinstance(params["shards"], list)
+        and all(isinstance(n, str) and SHARD_NAME.fullmatch(n) for n in params["shards"])
+    ):
+        raise EffdrError(f"{path}: not the record of a build by this builder; {LEAVE_IT}")
+    return params
+
+
+def _our_files(output_dir: str, manifest: dict | None, params: dict | None) -> list[str]:
+    """Files in ``output_dir`` that an earlier build here wrote, by its manifest or params.json.
+
+    Anything else in the folder (the images themselves when it is also the data dir) belongs
+    to someone else and is never removed or replaced.
+    """
+    names = set()
+    if manifest is not None:
+        names.update(s["name"] for info in manifest["splits"].values() for s in info["shards"])
+    if params is not None:
+        names.update(params["shards"])
+    if manifest is not None or params is not None:
+        names.update((MANIFEST, REJECTS))
+    names.update([f"{n}.tmp" for n in names])
+    return [os.path.join(output_dir, n) for n in sorted(names & set(_listdir(output_dir)))]
+
+
+def _listdir(folder: str) -> list[str]:
+    import tensorflow as tf
+
+    try:
+        return tf.io.gfile.listdir(folder) if tf.io.gfile.isdir(folder) else []
+    except tf.errors.OpError as e:
+        raise EffdrError(f"{folder}: cannot list the output folder: {e.message}") from e
+
+
+def _refuse_foreign_folder(output_dir: str, data_dir: str) -> None:
+    """A folder that holds files but no build of ours is most likely a mistyped --output_dir:
+    refused unless ``--overwrite`` says to build beside those files (which stay), or it is the
+    data dir itself, where writing beside the images is what was asked for."""
+    others = sorted(n.rstrip("/") for n in _listdir(output_dir) if n.rstrip("/") != PARTS)
+    if not others or (
+        data_dir
+        and not fileio.is_remote(output_dir)
+        and os.path.realpath(output_dir) == os.path.realpath(data_dir)
+    ):
+        return
+    more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+    raise EffdrError(
+        f"{output_dir}: not empty ({others[0]}{more}) and not a build of this builder; choose "
+        "a new or empty --output_dir, or pass --overwrite to build beside those files (they "
+        "are kept)"
+    )
+
+
+def _refuse_strangers(output_dir: str, plan: list[Shard], ours: list[str]) -> None:
+    """Stops the build, before anything is written, if a file someone else put in the folder
+    has a name this build would write."""
+    wanted = {s.name for s in plan} | {MANIFEST, REJECTS}
+    wanted |= {f"{n}.tmp" for n in wanted}
+    mine = {os.path.basename(p) for p in ours}
+    for name in sorted(wanted & set(_listdir(output_dir)) - mine):
+        raise EffdrError(
+            f"{os.path.join(output_dir, name)}: exists and was not written by a build in this "
+            f"folder (no manifest.json or .parts/params.json names it); {LEAVE_IT}"
+        )
 
 
 def build(
@@ -307,6 +472,12 @@ def build(
 ) -> dict:
     """Builds (or finishes building) the TFRecords of ``source`` in ``output_dir``.
 
+    The folder may hold other files (it may be the data dir itself): the build writes beside
+    them and never removes or replaces a file it did not write. It refuses, before writing
+    anything, a folder whose manifest.json or .parts is not its own, and one holding someone
+    else's file under a name it would write. ``overwrite`` removes only what the earlier
+    build's manifest or params.json names.
+
     Returns:
         The manifest.
     """
@@ -316,20 +487,15 @@ def build(
     source.check()
     manifest_path = os.path.join(output_dir, MANIFEST)
     parts_dir = os.path.join(output_dir, PARTS)
-    if tf.io.gfile.exists(manifest_path) and not overwrite:
+    params_path = os.path.join(parts_dir, PARAMS)
+    manifest = _read_manifest(manifest_path)
+    if manifest is not None and not overwrite:
         log.info("%s is complete (manifest.json exists); pass --overwrite to rebuild", output_dir)
-        with tf.io.gfile.GFile(manifest_path) as f:
-            return json.load(f)
-    try:
-        tf.io.gfile.makedirs(parts_dir)
-    except tf.errors.OpError as e:
-        raise EffdrError(f"{output_dir}: cannot create the output folder: {e.message}") from e
-    if overwrite:
-        for path in _our_files(output_dir):
-            tf.io.gfile.remove(path)
-        tf.io.gfile.rmtree(parts_dir)
-        tf.io.gfile.makedirs(parts_dir)
+        return manifest
+    before = _read_params(parts_dir)
 
+    # Scanned before anything is written: a label file that cannot be read stops the build
+    # with the output folder as it was.
     items = list(source.scan())
     records = [r for r in items if isinstance(r, Record)]
     rejects = [r for r in items if isinstance(r, Reject)]
@@ -347,19 +513,29 @@ def build(
             "\n".join(f"{s.name}|{r.id}|{r.label}" for s in plan for r in s.records).encode()
         ).hexdigest(),
     }
-    params_path = os.path.join(parts_dir, "params.json")
-    if tf.io.gfile.exists(params_path):
-        with tf.io.gfile.GFile(params_path) as f:
-            before = json.load(f)
-        if before != params:
-            changed = sorted(k for k in params if before.get(k) != params[k])
-            raise EffdrError(
-                f"{output_dir}: holds an unfinished build with other {' and '.join(changed)}; "
-                "run it with the same settings and inputs, or pass --overwrite to start again"
-            )
-    else:
+    if before is not None and before != params and not overwrite:
+        changed = sorted(k for k in params if before.get(k) != params[k])
+        raise EffdrError(
+            f"{output_dir}: holds an unfinished build with other {' and '.join(changed)}; "
+            "run it with the same settings and inputs, or pass --overwrite to start again"
+        )
+    ours = _our_files(output_dir, manifest, before)
+    if manifest is None and before is None and not overwrite:
+        _refuse_foreign_folder(output_dir, source.data_dir)
+    _refuse_strangers(output_dir, plan, ours)
+    if overwrite or before is None:
+        # The manifest goes last: killed halfway, what is left is still named by it.
+        for path in sorted(ours, key=lambda p: os.path.basename(p) == MANIFEST):
+            tf.io.gfile.remove(path)
+        if tf.io.gfile.exists(parts_dir):
+            tf.io.gfile.rmtree(parts_dir)
+    try:
+        tf.io.gfile.makedirs(parts_dir)
+    except tf.errors.OpError as e:
+        raise EffdrError(f"{output_dir}: cannot create the output folder: {e.message}") from e
+    if overwrite or before is None:
         _write_text(params_path, json.dumps(params))
-    for path in _our_files(output_dir):
+    for path in _our_files(output_dir, None, params):
         if path.endswith(".tmp"):
             tf.io.gfile.remove(path)
 

@@ -6,20 +6,22 @@ Every function takes and returns RGB ``uint8`` arrays. Problems with an input im
 
 from __future__ import annotations
 
-import io
+import os
 
 import cv2
 import numpy as np
+
+from effdr_tf.data import image_header
+
+# Callers find the budget and the error here, beside decode.
+from effdr_tf.data.image_header import DEFAULT_MAX_MEGAPIXELS as DEFAULT_MAX_MEGAPIXELS
+from effdr_tf.data.image_header import DEFAULT_MAX_PIXELS, RejectedImageError
 
 PREPROCESS_MODES = ("crop", "btgraham", "none")
 # Ben Graham's Kaggle 2015 processing as in tfds diabetic_retinopathy_detection/btgraham-300:
 # the circle kept is 0.9 of the radius, blur sigma is radius / 30, grey outside is 128.
 BTGRAHAM_MASK_RATIO = 0.9
 BTGRAHAM_BLUR_DIVISOR = 30.0
-
-
-class RejectedImageError(Exception):
-    """An input image that cannot or should not be written; the message is the reason."""
 
 
 def _is_truncated(data: bytes) -> bool:
@@ -39,55 +41,108 @@ _REDUCED_FLAGS = {
 }
 
 
-def _jpeg_reduction(data: bytes, min_side: int | None) -> int:
+def _jpeg_reduction(header: image_header.ImageHeader, min_side: int | None) -> int:
     """The largest JPEG DCT-domain reduction (1, 2, 4, 8) that keeps ``min_side`` pixels.
 
     libjpeg can decode at 1/2, 1/4 or 1/8 scale for a fraction of the cost of a full decode;
     an EyePACS photograph (about 3000 x 2000) written at 512 px needs only half its pixels.
     """
-    if min_side is None or data[:2] != b"\xff\xd8":
-        return 1
-    from PIL import Image
-
-    try:
-        width, height = Image.open(io.BytesIO(data)).size  # reads the header only
-    except Exception:  # noqa: BLE001 - the full decode below reports the problem
+    if min_side is None or header.format != "jpeg":
         return 1
     factor = 1
-    while factor < 8 and min(width, height) / (factor * 2) >= min_side:
+    while factor < 8 and min(header.width, header.height) / (factor * 2) >= min_side:
         factor *= 2
     return factor
 
 
-def decode(data: bytes, min_side: int | None = None) -> np.ndarray:
-    """Decodes JPEG/PNG/TIFF/BMP bytes to RGB uint8.
+def read(path: str, max_pixels: float | None = DEFAULT_MAX_PIXELS) -> bytes:
+    """The bytes of an image file, refusing files larger than any image within ``max_pixels``
+    can be (``image_header.max_file_bytes``) before reading them."""
+    limit = image_header.max_file_bytes(max_pixels)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if limit is not None and size > limit:
+                raise RejectedImageError(
+                    f"file is {size / 1e6:.1f} MB, larger than an image within the "
+                    f"{max_pixels / 1e6:g} megapixel limit can be ({limit / 1e6:.1f} MB; "
+                    "--max_megapixels)"
+                )
+            # Bounded even for a file that grows while it is read, or has no size (a pipe).
+            data = f.read() if limit is None else f.read(limit + 1)
+    except OSError as e:
+        raise RejectedImageError(f"cannot read file: {e.strerror or e}") from e
+    if limit is not None and len(data) > limit:
+        raise RejectedImageError(f"file is over {limit / 1e6:.1f} MB (--max_megapixels)")
+    return data
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """8-bit copy of a deeper image without full-size temporaries: whole-image float32 copies
+    (12 bytes a pixel each, several alive at once) took 5.1 GB for a 12000 x 12000 16-bit PNG."""
+    if image.dtype == np.uint16:
+        # Rounds v / 257 to the nearest integer, as np.round(v / 257.0) does.
+        return cv2.convertScaleAbs(image, alpha=1.0 / 257.0)
+    top = float(image.max()) or 1.0
+    out = np.empty(image.shape, np.uint8)
+    rows = max(1, (1 << 20) // max(1, image[0].size))
+    for y in range(0, image.shape[0], rows):
+        strip = image[y : y + rows].astype(np.float32) / top * 255.0
+        out[y : y + rows] = np.clip(strip, 0, 255).astype(np.uint8)
+    return out
+
+
+def decode(
+    data: bytes, min_side: int | None = None, max_pixels: float | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decodes JPEG/PNG/TIFF/BMP bytes to RGB uint8, within a pixel budget.
 
     Grayscale and CMYK images are converted to RGB, 16-bit images scaled to 8 bits, and an
-    alpha channel dropped: those are converted, not rejected.
+    alpha channel dropped: those are converted, not rejected. The size is read from the header
+    first (``image_header``): an image over ``max_pixels`` is rejected before any decoding, and
+    other formats are not handed to OpenCV at all.
 
     Args:
         data: the encoded image.
         min_side: if given, a large JPEG may be decoded at a reduced scale whose shorter side
             is still at least this many pixels.
+        max_pixels: the budget, in pixels as the header declares them (16-bit images count
+            twice; see ``image_header.check_budget``); None for no limit.
     """
     if not data:
         raise RejectedImageError("empty file")
     if _is_truncated(data):
         raise RejectedImageError("truncated image file")
+    header = image_header.read_header(data)
+    image_header.check_budget(header, max_pixels)
     buffer = np.frombuffer(data, np.uint8)
-    factor = _jpeg_reduction(data, min_side)
-    if factor > 1:
-        image = cv2.imdecode(buffer, _REDUCED_FLAGS[factor])
-    else:
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    factor = _jpeg_reduction(header, min_side)
+    try:
+        if factor > 1:
+            image = cv2.imdecode(buffer, _REDUCED_FLAGS[factor])
+        else:
+            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as e:  # OpenCV's own limits (2^30 pixels), or a decoder error
+        raise RejectedImageError(f"not a decodable image ({_opencv_reason(e)})") from e
     if image is None or image.size == 0:
         raise RejectedImageError("not a decodable image")
-    if image.dtype == np.uint16:
-        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        top = float(image.max()) or 1.0
-        image = np.clip(image.astype(np.float32) / top * 255.0, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.dtype != np.uint8:
+        image = _to_uint8(image)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second copy
+
+
+def _opencv_reason(error: Exception) -> str:
+    """The reason in an OpenCV message, without the ``OpenCV(x) file:line: error:`` before it."""
+    return " ".join(str(error).split(" error: ", 1)[-1].split()) or type(error).__name__
+
+
+def describe_failure(error: Exception) -> str:
+    """The one-line reason recorded for an image that failed: a ``RejectedImageError``'s own
+    message, or the type and message of anything unexpected."""
+    if isinstance(error, RejectedImageError):
+        return str(error)
+    message = " ".join(str(error).split())
+    return f"unexpected error while preprocessing: {type(error).__name__}: {message}"
 
 
 def _intensity(image: np.ndarray, max_side: int = 512) -> tuple[np.ndarray, float]:

@@ -19,6 +19,7 @@ import tensorflow as tf
 from effdr_tf import fileio
 from effdr_tf.data import fundus
 from effdr_tf.data.builder import DECODE_MARGIN
+from effdr_tf.data.sources import base as sources_base
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import clinical, scoring
 from effdr_tf.evaluation import gradcam as gradcam_lib
@@ -40,15 +41,16 @@ def list_images(images: str) -> list[str]:
         return sorted(found)
     if not os.path.isfile(images):
         raise EffdrError(f"{images}: no such folder or CSV file")
-    with open(images, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip().lower() for c in reader.fieldnames or []]
-        column = next((c for c in PATH_COLUMNS if c in columns), None)
-        if column is None:
-            raise EffdrError(f"{images}: needs a column named one of {', '.join(PATH_COLUMNS)}")
-        original = (reader.fieldnames or [])[columns.index(column)]
-        base = os.path.dirname(os.path.abspath(images))
-        return [os.path.join(base, row[original].strip()) for row in reader if row[original]]
+    # The builder's reader: a byte-order mark, CRLF, duplicate columns and bad bytes are
+    # handled the same way for a label file and for a list of photographs.
+    header, rows = sources_base.read_table(images)
+    columns = [c.lower() for c in header]
+    column = next((c for c in PATH_COLUMNS if c in columns), None)
+    if column is None:
+        raise EffdrError(f"{images}: needs a column named one of {', '.join(PATH_COLUMNS)}")
+    original = header[columns.index(column)]
+    folder = os.path.dirname(os.path.abspath(images))
+    return [os.path.join(folder, row[original]) for row in rows if row[original]]
 
 
 def _preprocessing(run: scoring.Run) -> dict:
@@ -71,10 +73,21 @@ def _display(model_input: np.ndarray) -> np.ndarray:
 
 
 def predict_images(
-    model_dir: str, images: str, out_dir: str, *, batch_size: int = 16, gradcam: bool = False
+    model_dir: str,
+    images: str,
+    out_dir: str,
+    *,
+    batch_size: int = 16,
+    gradcam: bool = False,
+    max_pixels: float | None = fundus.DEFAULT_MAX_PIXELS,
 ) -> dict:
     """Writes ``out_dir/predictions.csv`` (and with ``gradcam`` one heatmap overlay PNG per
-    graded image in ``out_dir/gradcam/``); returns counts of graded and unreadable images."""
+    graded image in ``out_dir/gradcam/``); returns counts of graded and unreadable images.
+
+    Whatever goes wrong with one file (unreadable, over ``max_pixels`` as its header declares,
+    a decoder error, out of memory) becomes that file's row, with the reason in its ``error``
+    column; the other files are graded.
+    """
     run = scoring.load_run(model_dir)
     paths = list_images(images)
     prep = _preprocessing(run)
@@ -113,16 +126,13 @@ def predict_images(
         row = {"path": path, "error": ""}
         rows.append(row)
         try:
-            with open(path, "rb") as f:
-                image = fundus.decode(f.read(), min_side=int(DECODE_MARGIN * size))
+            data = fundus.read(path, max_pixels)
+            image = fundus.decode(data, int(DECODE_MARGIN * size), max_pixels)
             image = fundus.preprocess(image, prep.get("mode", "crop"), size)
             data = fundus.encode(image, prep.get("image_format") or "jpeg",
                                  prep.get("jpeg_quality") or 95)  # fmt: skip
-        except fundus.RejectedImageError as e:
-            row["error"] = str(e)
-            continue
-        except OSError as e:
-            row["error"] = f"cannot read: {e.strerror or e}"
+        except Exception as e:  # noqa: BLE001 - one bad photograph must not stop the others
+            row["error"] = fundus.describe_failure(e)
             continue
         pending.append((len(rows) - 1, data))
         if len(pending) == batch_size:

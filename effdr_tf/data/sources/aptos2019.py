@@ -20,9 +20,16 @@ class Aptos2019(base.Source):
         base.require_file(os.path.join(self.data_dir, "train.csv"))
 
     def scan(self):
-        rows = base.read_csv(os.path.join(self.data_dir, "train.csv"), ("id_code", "diagnosis"))
+        labels = os.path.join(self.data_dir, "train.csv")
+        rows = base.read_csv(labels, ("id_code", "diagnosis"))
+        rows, empty = base.unnamed(labels, rows, "id_code")
+        yield from empty
         folder = os.path.join(self.data_dir, "train_images")
-        files = {base.stem(p): p for p in base.list_files(folder)} if os.path.isdir(folder) else {}
+        files = {}
+        if os.path.isdir(folder):
+            found, rejects = base.list_files(folder, self.data_dir)
+            files, twins = base.index_files(found, base.stem)
+            yield from rejects + twins
         yield from base.join_labels(
             [(r["id_code"], r["diagnosis"], {"split": "train"}) for r in rows],
             files,

@@ -39,16 +39,18 @@ class Source:
     def scan(self) -> Iterator[Record | Reject]:
         raise NotImplementedError
 
-    def load(self, record: Record, min_side: int | None = None) -> np.ndarray:
-        """The RGB image; ``min_side`` lets large JPEGs decode at a reduced scale."""
-        if record.data is not None:
-            return fundus.decode(record.data, min_side)
-        try:
-            with open(record.path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise fundus.RejectedImageError(f"cannot read file: {e.strerror or e}") from e
-        return fundus.decode(data, min_side)
+    def load(
+        self,
+        record: Record,
+        min_side: int | None = None,
+        max_pixels: float | None = fundus.DEFAULT_MAX_PIXELS,
+    ) -> np.ndarray:
+        """The RGB image; ``min_side`` lets large JPEGs decode at a reduced scale, and images
+        over ``max_pixels`` (as their header declares) are rejected before decoding."""
+        data = record.data
+        if data is None:
+            data = fundus.read(record.path, max_pixels)
+        return fundus.decode(data, min_side, max_pixels)
 
     def describe(self) -> dict:
         """What goes into manifest.json about the source."""
@@ -61,27 +63,84 @@ def require_file(path: str, what: str = "label file") -> str:
     return path
 
 
-def read_csv(path: str, required: tuple[str, ...], *, delimiter: str = ",") -> list[dict]:
-    """Rows of a CSV file as dicts with stripped keys and values; checks required columns."""
+class Row(dict):
+    """One row of a label file: column -> value, and ``line``, where it starts in the file."""
+
+    line: int = 0
+
+
+def read_table(path: str, *, delimiter: str = ",") -> tuple[list[str], list[Row]]:
+    """The header and rows of a CSV file, values stripped of surrounding spaces.
+
+    A byte-order mark and CRLF line ends are accepted. Spaces inside values are kept (file
+    names may contain them); spaces around them are not (``a.jpg, 2`` is common in hand-written
+    files). Rows with nothing but blanks are skipped.
+
+    Raises:
+        EffdrError: one line naming the file (and line) for a file that cannot be read as
+            UTF-8 text, duplicate column names (which column to use would be a guess), a NUL
+            byte (a UTF-16 or binary file; no path can contain one) or an over-long field.
+    """
+    rows, line = [], 1
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            try:
+                header = [h.strip() for h in next(reader, [])]
+                _check_header(path, header)
+                line = reader.line_num + 1
+                for values in reader:
+                    if any("\0" in v for v in values):
+                        raise EffdrError(
+                            f"{path}: line {line}: NUL byte (is the file UTF-16 or binary? "
+                            "save it as UTF-8 CSV)"
+                        )
+                    if any(v.strip() for v in values):
+                        row = Row(
+                            (h, values[i].strip() if i < len(values) else "")
+                            for i, h in enumerate(header)
+                        )
+                        row.line = line
+                        rows.append(row)
+                    line = reader.line_num + 1
+            except csv.Error as e:
+                # A field over the limit usually means a quote that is never closed.
+                raise EffdrError(f"{path}: line {line}: {e} (an unclosed quote?)") from e
+    except UnicodeDecodeError as e:
+        raise EffdrError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from e
+    except OSError as e:
+        raise EffdrError(f"{path}: cannot read: {e.strerror or e}") from e
+    return header, rows
+
+
+def _check_header(path: str, header: list[str]) -> None:
+    if any("\0" in h for h in header):
+        raise EffdrError(f"{path}: line 1: NUL byte (is the file UTF-16 or binary?)")
+    # Stray empty columns (trailing commas) are common and harmless; named ones are not.
+    named = [h for h in header if h]
+    duplicates = sorted({h for h in named if named.count(h) > 1})
+    if duplicates:
+        raise EffdrError(f"{path}: duplicate column name(s) {', '.join(duplicates)}")
+
+
+def read_csv(path: str, required: tuple[str, ...], *, delimiter: str = ",") -> list[Row]:
+    """Rows of a label file (``read_table``) after checking the required columns exist."""
     require_file(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration as e:
-            raise EffdrError(f"{path}: empty label file") from e
-        absent = [c for c in required if c not in header]
-        if absent:
-            raise EffdrError(
-                f"{path}: missing column(s) {', '.join(absent)} (has {', '.join(header)})"
-            )
-        rows = []
-        for values in reader:
-            if not any(v.strip() for v in values):
-                continue
-            row = {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}
-            rows.append(row)
+    header, rows = read_table(path, delimiter=delimiter)
+    if not header:
+        raise EffdrError(f"{path}: empty label file")
+    absent = [c for c in required if c not in header]
+    if absent:
+        raise EffdrError(f"{path}: missing column(s) {', '.join(absent)} (has {', '.join(header)})")
     return rows
+
+
+def unnamed(path: str, rows: list[Row], column: str) -> tuple[list[Row], list[Reject]]:
+    """Splits off the rows whose ``column`` is empty: they name no file, so each becomes a
+    reject that points at its line in the label file."""
+    named = [r for r in rows if r[column]]
+    empty = [Reject(f"{path}:{r.line}", f"empty {column}") for r in rows if not r[column]]
+    return named, empty
 
 
 def parse_label(value: str, num_classes: int) -> int | str:
@@ -110,13 +169,77 @@ def inside(data_dir: str, relative: str) -> str | None:
     return None
 
 
-def list_files(folder: str) -> list[str]:
-    """All files under ``folder``, sorted, hidden files included (they are inputs too)."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found.extend(os.path.join(root, f) for f in sorted(files))
-    return found
+def _within(root: str, path: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+_NOT_A_FILE = "not a regular file (a named pipe, socket or device)"
+
+
+def list_files(folder: str, data_dir: str | None = None) -> tuple[list[str], list[Reject]]:
+    """All files under ``folder``, sorted, hidden files included (they are inputs too).
+
+    Symbolic links are followed only where they resolve inside ``data_dir`` (default
+    ``folder``), as paths in label files are: a link leading out of it is a reject, never a
+    file that is read. A linked folder is listed once: a link back into a folder that holds
+    it (a loop) or a second link to the same folder is a reject too, so every entry seen is
+    listed or rejected.
+
+    Returns:
+        The files (under their paths below ``folder``) and the rejected entries.
+    """
+    root = os.path.realpath(data_dir or folder)
+    files, rejects, linked = [], [], set()
+
+    def visit(directory: str, above: tuple[str, ...]) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as e:
+            rejects.append(Reject(directory, f"cannot list folder: {e.strerror or e}"))
+            return
+        folders = []
+        for entry in entries:
+            target = os.path.realpath(entry.path)
+            if entry.is_symlink() and not _within(root, target):
+                rejects.append(Reject(entry.path, "symlink leads outside data_dir"))
+            elif not entry.is_dir():
+                # A named pipe or a device would block or never end when read.
+                if entry.is_file() or not os.path.exists(entry.path):
+                    files.append(entry.path)
+                else:
+                    rejects.append(Reject(entry.path, _NOT_A_FILE))
+            elif not entry.is_symlink():
+                folders.append(entry.path)
+            elif target in above:
+                rejects.append(Reject(entry.path, "symlink loop: leads to a folder above it"))
+            elif target in linked:
+                rejects.append(Reject(entry.path, "a second symlink to the same folder"))
+            else:
+                linked.add(target)
+                folders.append(entry.path)
+        for path in folders:  # files first, then folders: the order os.walk gives
+            visit(path, (*above, os.path.realpath(path)))
+
+    real = os.path.realpath(folder)
+    if not _within(root, real):
+        return [], [Reject(folder, "symlink leads outside data_dir")]
+    visit(folder, (real,))
+    return files, rejects
+
+
+def index_files(files: list[str], key) -> tuple[dict[str, str], list[Reject]]:
+    """``key(path) -> path`` for label rows to find their file; a file whose key an earlier one
+    already has (the same name in two folders) is a reject, not silently replaced."""
+    found, rejects = {}, []
+    for path in files:
+        k = key(path)
+        if k in found:
+            rejects.append(
+                Reject(path, f"same name as {found[k]}: which one a label means is unknown")
+            )
+        else:
+            found[k] = path
+    return found, rejects
 
 
 def stem(path: str) -> str:

@@ -38,7 +38,11 @@ class DDR(base.Source):
             # Ids are file names, unique within a split only: key them by split.
             files = {}
             if os.path.isdir(images):
-                files = {f"{folder}/{os.path.basename(p)}": p for p in base.list_files(images)}
+                found, rejects = base.list_files(images, self.data_dir)
+                files, twins = base.index_files(
+                    found, lambda p, folder=folder: f"{folder}/{os.path.basename(p)}"
+                )
+                yield from rejects + twins
             entries = []
             with open(labels, encoding="utf-8") as f:
                 for line in f:

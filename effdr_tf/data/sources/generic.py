@@ -31,7 +31,10 @@ class CsvLabels(base.Source):
         return {**super().describe(), "labels": os.path.abspath(self.labels_file)}
 
     def scan(self):
-        for row in base.read_csv(self.labels_file, ("path", "label")):
+        rows = base.read_csv(self.labels_file, ("path", "label"))
+        rows, empty = base.unnamed(self.labels_file, rows, "path")
+        yield from empty
+        for row in rows:
             relative = row["path"]
             path = base.inside(self.data_dir, relative)
             if path is None:
@@ -64,7 +67,9 @@ class GradeFolders(base.Source):
     name = "folder"
 
     def scan(self):
-        for path in base.list_files(self.data_dir):
+        files, rejects = base.list_files(self.data_dir)
+        yield from rejects
+        for path in files:
             relative = os.path.relpath(path, self.data_dir)
             top = relative.split(os.sep)[0]
             if top == relative:

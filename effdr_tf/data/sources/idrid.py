@@ -49,14 +49,19 @@ class IDRiD(base.Source):
             if labels is None:
                 continue
             rows = base.read_csv(labels, ("Image name", "Retinopathy grade"))
+            rows, empty = base.unnamed(labels, rows, "Image name")
+            yield from empty
             folder = self._images(word) or os.path.join(self.data_dir, "1. Original Images", word)
             files = {}
             if os.path.isdir(folder):
-                files = {f"{split}/{base.stem(p)}": p for p in base.list_files(folder)}
+                found, rejects = base.list_files(folder, self.data_dir)
+                files, twins = base.index_files(
+                    found, lambda p, split=split: f"{split}/{base.stem(p)}"
+                )
+                yield from rejects + twins
             entries = [
                 (f"{split}/{r['Image name']}", r["Retinopathy grade"], {"split": split})
                 for r in rows
-                if r["Image name"]
             ]
             yield from base.join_labels(
                 entries,

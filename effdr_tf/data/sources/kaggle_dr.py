@@ -36,18 +36,31 @@ class KaggleDR(base.Source):
         super().check()
         base.require_file(os.path.join(self.data_dir, "trainLabels.csv"))
 
-    def _files(self, folder: str) -> dict:
-        folder = os.path.join(self.data_dir, folder)
-        return {base.stem(p): p for p in base.list_files(folder)} if os.path.isdir(folder) else {}
+    def _files(self, *folders: str) -> tuple[dict, list[Reject]]:
+        found, rejects = [], []
+        for folder in folders:
+            folder = os.path.join(self.data_dir, folder)
+            if os.path.isdir(folder):
+                files, bad = base.list_files(folder, self.data_dir)
+                found += files
+                rejects += bad
+        files, twins = base.index_files(found, base.stem)
+        return files, rejects + twins
 
     def scan(self):
-        rows = base.read_csv(os.path.join(self.data_dir, "trainLabels.csv"), ("image", "level"))
+        labels = os.path.join(self.data_dir, "trainLabels.csv")
+        rows, empty = base.unnamed(labels, base.read_csv(labels, ("image", "level")), "image")
+        yield from empty
         entries = [(r["image"], r["level"], _fields(r["image"], "train")) for r in rows]
-        files = self._files("train")
         solution = os.path.join(self.data_dir, "retinopathy_solution.csv")
-        if os.path.exists(solution):
-            files.update(self._files("test"))
-            for row in base.read_csv(solution, ("image", "level", "Usage")):
+        has_test = os.path.exists(solution)
+        files, rejects = self._files("train", *(["test"] if has_test else []))
+        yield from rejects
+        if has_test:
+            rows = base.read_csv(solution, ("image", "level", "Usage"))
+            rows, empty = base.unnamed(solution, rows, "image")
+            yield from empty
+            for row in rows:
                 split = USAGE_SPLITS.get(row["Usage"].lower())
                 if split is None:
                     default = os.path.join(self.data_dir, "test", f"{row['image']}.jpeg")

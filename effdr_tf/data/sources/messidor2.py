@@ -24,13 +24,15 @@ class Messidor2(base.Source):
 
     def scan(self):
         columns = ("image_id", "adjudicated_dr_grade", "adjudicated_gradable")
-        rows = base.read_csv(os.path.join(self.data_dir, LABELS), columns)
+        labels = os.path.join(self.data_dir, LABELS)
+        rows, empty = base.unnamed(labels, base.read_csv(labels, columns), "image_id")
+        yield from empty
         folder = os.path.join(self.data_dir, "IMAGES")
-        files = (
-            {os.path.basename(p): p for p in base.list_files(folder)}
-            if os.path.isdir(folder)
-            else {}
-        )
+        files = {}
+        if os.path.isdir(folder):
+            found, rejects = base.list_files(folder, self.data_dir)
+            files, twins = base.index_files(found, os.path.basename)
+            yield from rejects + twins
         entries = []
         for row in rows:
             if row["adjudicated_gradable"] == "0":

@@ -65,7 +65,7 @@ class SyntheticDR(base.Source):
             record.label, index, self.seed, size=self.work_size, eye=record.eye
         )
 
-    def load(self, record, min_side=None):
+    def load(self, record, min_side=None, max_pixels=None):
         return self._generate(record)[0]
 
     def lesion_view(self, record, size: int) -> tuple[np.ndarray, np.ndarray]:
