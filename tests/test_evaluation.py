@@ -288,10 +288,11 @@ def test_predict_on_a_folder_grades_good_images_and_reports_bad_ones(trained_run
         "--gradcam",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "graded 3 images, 4 unreadable" in result.stdout
+    assert "graded 3 images, 5 unreadable" in result.stdout
     with open(tmp_path / "predictions.csv") as f:
         rows = {r["path"]: r for r in csv.DictReader(f)}
-    assert len(rows) == 7
+    assert len(rows) == 8  # every file of the folder, the notes too
+    assert rows[str(folder / "notes.txt")]["error"].startswith("not an image file name")
     assert rows[str(folder / "empty.jpg")]["error"] == "empty file"
     assert rows[str(folder / "broken.png")]["error"]
     for name in ("huge.jpg", "huge.png"):

@@ -35,6 +35,18 @@ def test_btgraham_matches_tfds_procedure():
     assert (got[0, 0] == 128).all()  # grey outside the circle
 
 
+def test_btgraham_refuses_a_narrow_band_instead_of_scaling_it_up():
+    """A 6-pixel bright band in the middle row would be scaled by 60x (30 GB asked of OpenCV)."""
+    band = np.zeros((1000, 1000, 3), np.uint8)
+    band[:, 497:503] = 200
+    with pytest.raises(fundus.RejectedImageError, match="6 of 1000 pixels, is too narrow"):
+        fundus.btgraham(band, 128)
+    # A disc spanning a third of the frame is still processed.
+    third = np.zeros((600, 900, 3), np.uint8)
+    cv2.circle(third, (450, 300), 150, (180, 90, 40), thickness=-1)
+    assert fundus.btgraham(third, 128).shape == (128, 128, 3)
+
+
 def test_odd_files_are_converted_not_rejected():
     cat = data.chelsea()
     cmyk = fundus.decode(_pil_bytes(Image.fromarray(cat).convert("CMYK"), "JPEG"))

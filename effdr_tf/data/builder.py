@@ -603,6 +603,7 @@ def _manifest(source, options, parts, rejects, seen) -> dict:
             "image_size": options.image_size,
             "image_format": options.image_format,
             "jpeg_quality": options.jpeg_quality if options.image_format == "jpeg" else None,
+            "max_megapixels": options.max_megapixels,
         },
         "seed": options.seed,
         "val_fraction": options.val_fraction,

@@ -7,6 +7,7 @@ Every function takes and returns RGB ``uint8`` arrays. Problems with an input im
 from __future__ import annotations
 
 import os
+import stat
 
 import cv2
 import numpy as np
@@ -22,6 +23,9 @@ PREPROCESS_MODES = ("crop", "btgraham", "none")
 # the circle kept is 0.9 of the radius, blur sigma is radius / 30, grey outside is 128.
 BTGRAHAM_MASK_RATIO = 0.9
 BTGRAHAM_BLUR_DIVISOR = 30.0
+# The scaled photograph may be at most this many times the output size (a disc spanning a
+# third of the frame gives about 3.7): what btgraham allocates stays in proportion to it.
+BTGRAHAM_MAX_UPSCALE = 4.0
 
 
 def _is_truncated(data: bytes) -> bool:
@@ -55,21 +59,29 @@ def _jpeg_reduction(header: image_header.ImageHeader, min_side: int | None) -> i
     return factor
 
 
+NOT_A_REGULAR_FILE = "not a regular file (a named pipe, socket or device)"
+
+
 def read(path: str, max_pixels: float | None = DEFAULT_MAX_PIXELS) -> bytes:
     """The bytes of an image file, refusing files larger than any image within ``max_pixels``
     can be (``image_header.max_file_bytes``) before reading them."""
     limit = image_header.max_file_bytes(max_pixels)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # Non-blocking open: a named pipe would otherwise wait for a writer for ever.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            status = os.fstat(f.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise RejectedImageError(NOT_A_REGULAR_FILE)
+            size = status.st_size
             if limit is not None and size > limit:
                 raise RejectedImageError(
                     f"file is {size / 1e6:.1f} MB, larger than an image within the "
                     f"{max_pixels / 1e6:g} megapixel limit can be ({limit / 1e6:.1f} MB; "
                     "--max_megapixels)"
                 )
-            # Bounded even for a file that grows while it is read, or has no size (a pipe).
-            data = f.read() if limit is None else f.read(limit + 1)
+            # Bounded even for a file that grows while it is read; the request is no larger
+            # than the file, as read(n) allocates n bytes before reading.
+            data = f.read() if limit is None else f.read(min(size, limit) + 1)
     except OSError as e:
         raise RejectedImageError(f"cannot read file: {e.strerror or e}") from e
     if limit is not None and len(data) > limit:
@@ -248,6 +260,13 @@ def btgraham(image: np.ndarray, size: int) -> np.ndarray:
     if radius < 1.0:
         raise RejectedImageError("no fundus disc found (empty middle row)")
     scale = target_radius / radius
+    # A disc spans most of a photograph's width (a third at the least); a narrow bright band
+    # would be scaled up to gigabytes.
+    if max(image.shape[:2]) * scale > BTGRAHAM_MAX_UPSCALE * size:
+        raise RejectedImageError(
+            f"no fundus disc found (the middle row's bright part, {2 * radius:.0f} of "
+            f"{image.shape[1]} pixels, is too narrow)"
+        )
     scaled = cv2.resize(image, None, fx=scale, fy=scale)
     blurred = local_average(scaled, target_radius / BTGRAHAM_BLUR_DIVISOR)
     graham = cv2.addWeighted(scaled, 4, blurred, -4, 128)

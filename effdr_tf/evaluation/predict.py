@@ -29,14 +29,28 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 PATH_COLUMNS = ("path", "image", "file", "filename")
 
 
+def _is_image_name(path: str) -> bool:
+    return path.lower().endswith(IMAGE_SUFFIXES)
+
+
 def list_images(images: str) -> list[str]:
-    """Image paths from a folder (recursively, sorted) or a CSV with a path column (relative
-    paths are taken from the CSV's folder)."""
+    """Paths to grade from a folder or a CSV with a path column (relative paths are taken from
+    the CSV's folder).
+
+    A folder is walked recursively and sorted, linked folders followed once each (a loop ends),
+    and every file is listed, not only image names: a file that is not graded gets its row and
+    reason, so predictions.csv accounts for the whole folder.
+    """
     if os.path.isdir(images):
-        found = []
-        for root, _, files in os.walk(images):
-            found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
-        if not found:
+        found, seen = [], set()
+        for root, dirs, files in os.walk(images, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            found += [os.path.join(root, f) for f in files]
+        if not any(_is_image_name(p) for p in found):
             raise EffdrError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
         return sorted(found)
     if not os.path.isfile(images):
@@ -125,6 +139,9 @@ def predict_images(
     for path in paths:
         row = {"path": path, "error": ""}
         rows.append(row)
+        if not _is_image_name(path):
+            row["error"] = f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})"
+            continue
         try:
             data = fundus.read(path, max_pixels)
             image = fundus.decode(data, int(DECODE_MARGIN * size), max_pixels)

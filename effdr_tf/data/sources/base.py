@@ -173,9 +173,6 @@ def _within(root: str, path: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-_NOT_A_FILE = "not a regular file (a named pipe, socket or device)"
-
-
 def list_files(folder: str, data_dir: str | None = None) -> tuple[list[str], list[Reject]]:
     """All files under ``folder``, sorted, hidden files included (they are inputs too).
 
@@ -207,7 +204,7 @@ def list_files(folder: str, data_dir: str | None = None) -> tuple[list[str], lis
                 if entry.is_file() or not os.path.exists(entry.path):
                     files.append(entry.path)
                 else:
-                    rejects.append(Reject(entry.path, _NOT_A_FILE))
+                    rejects.append(Reject(entry.path, fundus.NOT_A_REGULAR_FILE))
             elif not entry.is_symlink():
                 folders.append(entry.path)
             elif target in above:
