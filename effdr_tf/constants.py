@@ -20,6 +20,8 @@ NORMALIZATION_PRESETS = {
     "dr_aptos": ((0.42, 0.22, 0.075), (0.27, 0.15, 0.081)),
     # CIFAR-10 training-set statistics.
     "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    # CIFAR-100 training-set statistics (thesis appendix 5.1).
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
 # "none": the input is already normalised; no normalisation is applied.
 NO_NORMALIZATION = "none"

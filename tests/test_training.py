@@ -261,8 +261,10 @@ def test_command_line_errors_exit_2(tiny_data, tmp_path, args, message):
 
 
 SHIPPED_RECIPES = ["default.py", "kaggle_dr.py:b5", "kaggle_dr.py:b5,paper", "kaggle_dr.py:b5,tpu",
-                   "kaggle_dr.py:b5,paper,tpu", "aptos2019.py:b3",
-                   "cifar.py:b0", "cifar.py:b0,transfer", "demo.py"]  # fmt: skip
+                   "kaggle_dr.py:b5,paper,tpu", "kaggle_dr.py:b5,sampler,randaugment",
+                   "aptos2019.py:b3", "aptos2019.py:b3,randaugment", "cifar.py:b0",
+                   "cifar.py:b0,transfer", "cifar.py:b5,transfer,cifar100",
+                   "cifar.py:b0,randaugment,flip", "demo.py"]  # fmt: skip
 
 
 def test_every_shipped_config_loads_as_train_py_loads_it():
