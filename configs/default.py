@@ -61,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.normalization = "auto"  # what the weights expect
     config.model.dropout_rate = -1.0  # < 0: the variant's (tensorflow/tpu efficientnet_builder)
     config.model.drop_connect_rate = 0.2  # tensorflow/tpu efficientnet_builder.py
-    config.model.bn_momentum = 0.99  # tensorflow/tpu: batch_norm_momentum 0.99
+    config.model.bn_momentum = 0.99  # tensorflow/tpu: batch_norm_momentum 0.99; < 0: auto by
+    # steps per epoch (recipes.bn_momentum: 0.99 unless an epoch has under 400 steps)
     config.model.bn_epsilon = 1e-3  # tensorflow/tpu: batch_norm_epsilon 1e-3
     # Batch statistics across replicas (the reference's TPU cross-replica BN); with it a
     # multi-replica step equals a single-device step on the same global batch. None (auto): on

@@ -1,10 +1,11 @@
 """Real photographs-of-digits in the CIFAR-10 layout, from data scikit-learn ships.
 
 scikit-learn's ``load_digits`` holds 1,797 real handwritten digits (8 x 8, 17 grey levels, from
-the UCI optical-recognition set). Here they become 32 x 32 RGB images, each digit in a random
-colour on a random background colour with noise, so that colour carries no label and the
-network must read shapes, and are written as ``cifar-10-batches-py/`` pickles (data_batch_1..5,
-test_batch) that ``tfrecord_builder.py --data=cifar10`` reads like the real download.
+the UCI optical-recognition set). Here they become 32 x 32 RGB images, white on black, or each
+digit in a random colour on a random background colour (colour then carries no label: harder;
+B0 from scratch does not learn it in 12 epochs, keras.applications' B0 neither), with noise,
+and are written as ``cifar-10-batches-py/`` pickles (data_batch_1..5, test_batch) that
+``tfrecord_builder.py --data=cifar10`` reads like the real download.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import cv2
 import numpy as np
 
 
-def digit_images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 32, 32, 3) uint8 images and (N,) labels 0-9."""
+def digit_images(seed: int = 0, colour: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 32, 32, 3) uint8 images and (N,) labels 0-9; ``colour=False``: white on black."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -29,14 +30,18 @@ def digit_images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         ink, paper = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
         while np.abs(ink - paper).sum() < 150:  # keep the digit visible
             ink = rng.uniform(0, 255, 3)
+        if not colour:
+            ink, paper = np.full(3, 255.0), np.zeros(3)
         image = mask * ink + (1 - mask) * paper + rng.normal(0, 8, (32, 32, 3))
         images.append(np.clip(image, 0, 255).astype(np.uint8))
     return np.stack(images), digits.target.astype(np.int64)
 
 
-def write_cifar10_layout(root: pathlib.Path, *, test_fraction: float = 0.2, seed: int = 0):
+def write_cifar10_layout(
+    root: pathlib.Path, *, test_fraction: float = 0.2, seed: int = 0, colour: bool = True
+):
     """Writes ``root/cifar-10-batches-py/``; returns (train count, test count)."""
-    images, labels = digit_images(seed)
+    images, labels = digit_images(seed, colour)
     order = np.random.default_rng(seed + 1).permutation(len(labels))
     images, labels = images[order], labels[order]
     n_test = int(round(test_fraction * len(labels)))
@@ -54,5 +59,5 @@ def write_cifar10_layout(root: pathlib.Path, *, test_fraction: float = 0.2, seed
             b"labels": [int(v) for v in y],
         }
         with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)  # as the real download: Python 2 pickles
+            pickle.dump(batch, f)
     return len(train_labels), n_test

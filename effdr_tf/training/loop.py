@@ -154,7 +154,7 @@ def build_model(config, setup: Setup, strategy=None) -> keras.Model:
         reinit_head=config.model.reinit_head,
         dropout_rate=None if dropout is None or dropout < 0 else dropout,
         drop_connect_rate=config.model.drop_connect_rate,
-        bn_momentum=config.model.bn_momentum,
+        bn_momentum=recipes.bn_momentum(config.model.bn_momentum, setup.steps_per_epoch),
         bn_epsilon=config.model.bn_epsilon,
         bn_synchronized=distribute.sync_batch_norm(config.model.sync_batch_norm, strategy),
     )

@@ -59,6 +59,11 @@ def check(config) -> None:
     _at_least("train.weight_decay", train.weight_decay, 0)
     _fraction("train.label_smoothing", train.label_smoothing)
     _fraction("train.ema_decay", train.ema_decay)
+    if not (config.model.bn_momentum < 0 or 0 <= config.model.bn_momentum < 1):
+        raise EffdrError(
+            f"model.bn_momentum={config.model.bn_momentum}: must be in [0, 1), or negative "
+            "for auto (by steps per epoch)"
+        )
     _at_least("augment.num_layers", augment.num_layers, 0)
     if not 0.0 <= augment.magnitude <= augment.max_magnitude:
         raise EffdrError(
