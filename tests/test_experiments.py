@@ -183,11 +183,19 @@ def test_print_commands_gives_one_command_per_row(tmp_path):
     assert not (tmp_path / "rows").exists()
 
 
-def test_randaugment_grid_writes_its_table_and_heatmap(digits_shards, tmp_path):
+def test_randaugment_grid_writes_its_table_and_heatmap(tmp_path):
+    """A 2 x 2 grid on the built-in synthetic_dr data with the demo recipe."""
+    shards = tmp_path / "synthetic"
+    builder.build(
+        make_source("synthetic_dr", num_images=80, image_size=64),
+        str(shards),
+        builder.BuildOptions(image_size=64, val_fraction=0.25),
+        progress=False,
+    )
     out = tmp_path / "search"
     result = subprocess.run(
         [sys.executable, "experiments.py", f"--out={out}", "--search=randaugment",
-         "--recipe=configs/cifar.py:b0", f"--data={digits_shards}", "--num_layers=1,2",
+         "--recipe=configs/demo.py", f"--data={shards}", "--num_layers=1,2",
          "--magnitudes=5,15", *_QUICK],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
