@@ -13,7 +13,9 @@ from effdr_tf.data.schema import SPLITS  # no TensorFlow: flags are checked befo
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A train.py model_dir.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Shards to score; default: the run's own.")
 _SPLITS = flags.DEFINE_list("split", ["validation"], "Splits to score.")
-_TTA = flags.DEFINE_enum("tta", "none", ["none", "flip"], "Test-time augmentation.")
+_TTA = flags.DEFINE_enum(
+    "tta", "none", ["none", "flip", "dihedral"], "Test-time augmentation: 1, 2 or 8 views."
+)
 _OUT = flags.DEFINE_string("out", None, "Output folder; default MODEL_DIR/eval_<data folder>.")
 _IMAGES = flags.DEFINE_string("images", None, "A folder or CSV of photographs to grade.")
 _GRADCAM = flags.DEFINE_bool("gradcam", False, "With --images: a Grad-CAM overlay per image.")

@@ -50,7 +50,7 @@ def test_train_flag_mistakes(tmp_path, flag, message):
     [
         ("--bootstrap=-1", "--bootstrap must be 0 or more"),
         ("--split=valid", "--split takes one or more of train, validation"),
-        ("--tta=rotate", "value should be one of <none|flip>"),
+        ("--tta=rotate", "value should be one of <none|flip|dihedral>"),
     ],
 )
 def test_eval_flag_mistakes(tmp_path, flag, message):

@@ -433,3 +433,68 @@ def test_cross_dataset_evaluation_reads_other_shards_as_its_own(trained_run, tmp
     )  # fmt: skip
     assert own["data_dir"] == str(trained_run / "data")
     assert own["splits"]["validation"]["count"] == 22
+
+
+def test_dihedral_tta_averages_the_eight_views():
+    """A model that pools every pixel alike is exactly invariant to the 8 views: TTA changes
+    nothing. One that reads pixel positions gets the mean of its outputs on the 8 views."""
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    invariant = keras.Model(inputs, keras.layers.Dense(4)(pooled / 255.0))
+    plain = scoring.tta_probabilities(invariant, tf.constant(images), "none").numpy()
+    for tta in ("flip", "dihedral"):
+        got = scoring.tta_probabilities(invariant, tf.constant(images), tta).numpy()
+        np.testing.assert_allclose(got, plain, atol=1e-6)
+
+    flat = keras.layers.Flatten()(inputs)
+    positional = keras.Model(inputs, keras.layers.Dense(4)(flat / 255.0))
+    views = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    views += [v[:, :, ::-1] for v in views]
+    want = np.mean(
+        [tf.nn.softmax(positional(np.ascontiguousarray(v))).numpy() for v in views], axis=0
+    )
+    got = scoring.tta_probabilities(positional, tf.constant(images), "dihedral").numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert (
+        np.abs(got - scoring.tta_probabilities(positional, tf.constant(images), "none")).max()
+        > 1e-3
+    )
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_thresholds_fitted_for_kappa_find_the_known_cut_points():
+    from effdr_tf.evaluation import thresholds
+
+    assert thresholds.apply([0.49, 0.5, 1.6, 9.0], thresholds.natural(5)).tolist() == [0, 1, 2, 4]
+    # An expected grade squeezed towards the mean, as a softmax's is: grade k scores
+    # 0.5 k + 0.5 +- 0.2, so every cut point between (0.5 k + 0.7, 0.5 k + 0.8) is perfect and
+    # the natural ones (0.5, 1.5, ...) are not.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 2000)
+    scores = 0.5 * labels + 0.5 + rng.uniform(-0.2, 0.2, labels.size)
+    assert thresholds.kappa(scores, labels, thresholds.natural(5), 5) < 0.75
+    cuts, kappa = thresholds.fit(scores, labels, 5)
+    assert kappa == pytest.approx(1.0)
+    k = np.arange(4)
+    assert np.all(cuts > 0.5 * k + 0.7) and np.all(cuts < 0.5 * k + 0.8), cuts
+    # Overlapping classes: as good as an exhaustive search over every pair of cut points.
+    import itertools
+
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 3, 30)
+        scores = 0.4 * labels + rng.normal(0, 0.35, labels.size)
+        _, kappa = thresholds.fit(scores, labels, 3)
+        distinct = np.unique(scores)
+        options = np.concatenate([(distinct[:-1] + distinct[1:]) / 2, [-9.0, 9.0]])
+        best = max(
+            thresholds.kappa(scores, labels, np.array(pair), 3)
+            for pair in itertools.combinations(np.sort(options), 2)
+        )
+        assert kappa >= thresholds.kappa(scores, labels, thresholds.natural(3), 3)
+        assert kappa >= best - 0.01, (seed, kappa, best)

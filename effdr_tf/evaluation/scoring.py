@@ -90,10 +90,11 @@ def score_split(run: Run, data_dir: str, split: str, *, tta: str = "none", batch
 
     Returns:
         dict with ``ids``, ``patient_ids``, ``eyes`` (str arrays), ``labels`` (int) and
-        ``probabilities`` (float32 [N, K]). ``tta="flip"`` averages with the mirrored image.
+        ``probabilities`` (float32 [N, K]), averaged over the views of ``tta``
+        (``tta_views``).
     """
-    if tta not in ("none", "flip"):
-        raise EffdrError(f"--tta={tta}: choose none or flip")
+    if tta not in TTA_MODES:
+        raise EffdrError(f"--tta={tta}: choose one of {', '.join(TTA_MODES)}")
     config = eval_config(run, data_dir)
     manifest = pipeline.load_manifest(data_dir)
     if split not in manifest["splits"]:
@@ -119,9 +120,41 @@ def score_split(run: Run, data_dir: str, split: str, *, tta: str = "none", batch
     return result
 
 
+# Test-time augmentation: the views of each image whose class probabilities are averaged.
+# A fundus photograph has no preferred orientation, so the dihedral group (rotations by 90
+# degrees, each also mirrored) gives 8 views a grader would call the same eye.
+TTA_MODES = ("none", "flip", "dihedral")
+
+
+def tta_views(images: tf.Tensor, tta: str) -> list[tf.Tensor]:
+    """The views of a batch of square NHWC images: ``none`` 1, ``flip`` 2 (left-right mirror),
+    ``dihedral`` 8 (rotations by 0, 90, 180 and 270 degrees, each with its mirror)."""
+    if tta == "none":
+        return [images]
+    if tta == "flip":
+        return [images, tf.reverse(images, axis=[2])]
+    rotations = [tf.image.rot90(images, k) for k in range(4)]
+    return rotations + [tf.reverse(r, axis=[2]) for r in rotations]
+
+
+def tta_probabilities(model, images: tf.Tensor, tta: str) -> tf.Tensor:
+    """Softmax of ``model`` averaged over the ``tta`` views, in float32."""
+    views = tta_views(images, tta)
+    if len(views) == 1:
+        return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+    # One view at a time through one traced call: activations of one batch in memory, and the
+    # model traced once rather than once per view.
+    probs = tf.map_fn(
+        lambda view: tf.nn.softmax(tf.cast(model(view, training=False), tf.float32)),
+        tf.stack(views),
+        fn_output_signature=tf.float32,
+    )
+    return tf.reduce_mean(probs, axis=0)
+
+
 def _forward(run: Run, tta: str):
-    """Softmax of the model (averaged with the mirrored image for flip TTA), traced once per
-    run and kept: tracing an EfficientNet costs seconds, more than scoring a small split."""
+    """``tta_probabilities`` for the run's model, traced once per run and kept: tracing an
+    EfficientNet costs seconds, more than scoring a small split."""
     if tta not in run._forward:
         model = run.model
 
@@ -129,13 +162,7 @@ def _forward(run: Run, tta: str):
             input_signature=[tf.TensorSpec([None, run.image_size, run.image_size, 3], tf.float32)]
         )
         def forward(images):
-            probs = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
-            if tta == "flip":
-                flipped = tf.nn.softmax(
-                    tf.cast(model(tf.reverse(images, axis=[2]), training=False), tf.float32)
-                )
-                probs = (probs + flipped) / 2.0
-            return probs
+            return tta_probabilities(model, images, tta)
 
         run._forward[tta] = forward
     return run._forward[tta]
