@@ -77,6 +77,9 @@ def main(argv):
     for split, result in summary["splits"].items():
         referable = result.get("referable", {}).get("auc")
         extra = f" referable_auc={referable:.4f}" if referable is not None else ""
+        fitted = result.get("fitted_grades")
+        if fitted:
+            extra += f" kappa_fitted_cut_points={fitted['kappa']:.4f}"
         print(
             f"{split}: n={result['count']} accuracy={result['accuracy']:.4f} "
             f"kappa={result['kappa']:.4f}{extra}"

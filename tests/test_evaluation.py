@@ -150,6 +150,16 @@ def test_operating_points_come_from_validation_only(monkeypatch, tmp_path):
     used = summary["splits"]["test"]["referable"]["operating_points"]
     assert used["high_sensitivity"]["threshold"] == from_validation["high_sensitivity"]
     assert list(summary["splits"]) == ["test"]  # validation scored for thresholds only
+    # Grade cut points for kappa: fitted on validation, applied unchanged to test.
+    from effdr_tf.evaluation import thresholds
+
+    cuts, _ = thresholds.fit(thresholds.expected_grade(val_probs), val_labels, K)
+    on_test, _ = thresholds.fit(thresholds.expected_grade(test_probs), test_labels, K)
+    assert summary["grade_cut_points"] == pytest.approx(cuts, abs=1e-6)
+    assert not np.allclose(on_test, cuts)
+    fitted = summary["splits"]["test"]["fitted_grades"]
+    want = thresholds.kappa(thresholds.expected_grade(test_probs), test_labels, cuts, K)
+    assert fitted["kappa"] == pytest.approx(want)
 
 
 class _Images(html.parser.HTMLParser):

@@ -17,6 +17,7 @@ import tensorflow as tf
 from effdr_tf import constants, fileio
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import clinical, metrics, plots, report, scoring
+from effdr_tf.evaluation import thresholds as grade_thresholds
 from effdr_tf.pipeline import input as pipeline
 
 VALIDATION = "validation"
@@ -64,6 +65,17 @@ def _patient_level(scored: dict, thresholds, bootstrap_rounds) -> dict | None:
             if k in result}  # fmt: skip
 
 
+def _fitted_grades(labels, probs, cuts, num_classes: int) -> dict:
+    """Accuracy and kappa of grades read off the expected grade at ``cuts``, beside argmax's."""
+    grades = grade_thresholds.apply(grade_thresholds.expected_grade(probs), cuts)
+    confusion = metrics.confusion_matrix(labels, grades, num_classes)
+    return {
+        "accuracy": metrics.accuracy(confusion),
+        "kappa": metrics.quadratic_weighted_kappa(confusion),
+        "confusion": confusion.tolist(),
+    }
+
+
 def evaluate(
     model_dir: str,
     *,
@@ -102,6 +114,7 @@ def evaluate(
         s for s in splits if s != VALIDATION
     ]
     thresholds = None
+    cuts = None  # grade cut points on the expected grade, fitted on validation
     results, figures, timing = {}, {}, {}
     for split in order:
         started = time.perf_counter()
@@ -113,9 +126,15 @@ def evaluate(
             referable = labels >= clinical.REFERABLE_GRADE
             if run.num_classes > clinical.REFERABLE_GRADE and 0 < referable.sum() < len(labels):
                 thresholds = clinical.operating_points(labels, probs)
+            if run.num_classes > 2:
+                cuts, _ = grade_thresholds.fit(
+                    grade_thresholds.expected_grade(probs), labels, run.num_classes
+                )
             if split not in splits:
                 continue
         result = clinical.summarize(labels, probs, thresholds, bootstrap_rounds=bootstrap_rounds)
+        if cuts is not None:
+            result["fitted_grades"] = _fitted_grades(labels, probs, cuts, run.num_classes)
         patient = _patient_level(scored, thresholds, bootstrap_rounds)
         if patient:
             result["patient_level"] = patient
@@ -146,6 +165,9 @@ def evaluate(
         "tta": tta,
         "thresholds": thresholds,
         "thresholds_from": VALIDATION if thresholds else None,
+        # Grades read off the expected grade at cut points fitted for kappa on validation
+        # (each split's "fitted_grades"); "accuracy" and "kappa" stay argmax's.
+        "grade_cut_points": None if cuts is None else [round(float(c), 6) for c in cuts],
         "splits": results,
     }
     fileio.write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2))
@@ -154,6 +176,12 @@ def evaluate(
         "data": f"{data_dir} ({summary['dataset']})",
         "test-time augmentation": tta,
         "operating points from": summary["thresholds_from"] or "none (no validation split)",
+        "grade decoding": "argmax; also the expected grade cut at "
+        + (
+            ", ".join(f"{c:.3f}" for c in cuts) + " (fitted for kappa on validation)"
+            if cuts is not None
+            else "nothing (no validation split)"
+        ),
     }
     if (manifest.get("source") or {}).get("synthetic"):
         provenance["note"] = (
