@@ -77,6 +77,11 @@ def sha256(path: str) -> str:
 def write_atomic(path: str, data: bytes | str) -> None:
     """Writes ``path`` through a temporary name, so readers never see half a file."""
     tmp = path + ".tmp"
+    if not is_remote(path):
+        with open(tmp, "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
+        os.replace(tmp, path)
+        return
     with _gfile().GFile(tmp, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     _gfile().rename(tmp, path, overwrite=True)

@@ -176,17 +176,11 @@ def test_missing_inputs_exit_2_with_one_line(tmp_path):
     ],
 )
 def test_flag_mistakes_exit_2_before_anything_loads(tmp_path, flag, message):
+    from tests.test_command_lines import one_error_line, run_without_tensorflow
+
     out = tmp_path / "out"
-    probe = "import runpy, sys; sys.argv = sys.argv[1:]; "
-    probe += "runpy.run_path('tfrecord_builder.py', run_name='__main__')"
-    # -X importtime lists every module imported: TensorFlow must not be among them.
-    result = run_command(
-        "-X", "importtime", "-c", probe, "tfrecord_builder.py", f"--output_dir={out}", flag
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
-    assert "tensorflow" not in result.stderr
+    result = run_without_tensorflow("tfrecord_builder.py", f"--output_dir={out}", flag)
+    one_error_line(result, message)
     assert not out.exists()
 
 

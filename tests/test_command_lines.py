@@ -1,19 +1,20 @@
 """Flag mistakes in train.py and eval.py: one ``error:`` line, exit code 2, nothing written,
-and TensorFlow never loaded (the builder's flags are checked in test_builder.py)."""
+and TensorFlow never loaded (the builder's flags are checked in test_builder.py with the
+helpers here)."""
 
 import pytest
 
 from tests.conftest import run_command
 
 
-def _run_without_tensorflow(script, *args):
+def run_without_tensorflow(script, *args):
     """Runs a command as ``python script args``, listing every module it imports."""
     probe = "import runpy, sys; sys.argv = sys.argv[1:]; "
     probe += f"runpy.run_path({script!r}, run_name='__main__')"
     return run_command("-X", "importtime", "-c", probe, script, *args)
 
 
-def _one_error_line(result, message):
+def one_error_line(result, message):
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
@@ -38,10 +39,10 @@ def _one_error_line(result, message):
 )
 def test_train_flag_mistakes(tmp_path, flag, message):
     out = tmp_path / "run"
-    result = _run_without_tensorflow(
+    result = run_without_tensorflow(
         "train.py", "--config=configs/demo.py", f"--data_dir={tmp_path}", f"--model_dir={out}", flag
     )
-    _one_error_line(result, message)
+    one_error_line(result, message)
     assert not out.exists()
 
 
@@ -55,6 +56,6 @@ def test_train_flag_mistakes(tmp_path, flag, message):
 )
 def test_eval_flag_mistakes(tmp_path, flag, message):
     out = tmp_path / "out"
-    result = _run_without_tensorflow("eval.py", f"--model_dir={tmp_path}", f"--out={out}", flag)
-    _one_error_line(result, message)
+    result = run_without_tensorflow("eval.py", f"--model_dir={tmp_path}", f"--out={out}", flag)
+    one_error_line(result, message)
     assert not out.exists()

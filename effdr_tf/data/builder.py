@@ -403,8 +403,11 @@ def _read_params(parts_dir: str) -> dict | None:
     return params
 
 
-def _our_files(output_dir: str, manifest: dict | None, params: dict | None) -> list[str]:
-    """Files in ``output_dir`` that an earlier build here wrote, by its manifest or params.json.
+def _our_files(
+    output_dir: str, present: set[str], manifest: dict | None, params: dict | None
+) -> list[str]:
+    """Files of ``present`` (the names in ``output_dir``) that an earlier build here wrote, by
+    its manifest or params.json.
 
     Anything else in the folder (the images themselves when it is also the data dir) belongs
     to someone else and is never removed or replaced.
@@ -417,23 +420,25 @@ def _our_files(output_dir: str, manifest: dict | None, params: dict | None) -> l
     if manifest is not None or params is not None:
         names.update((MANIFEST, REJECTS))
     names.update([f"{n}.tmp" for n in names])
-    return [os.path.join(output_dir, n) for n in sorted(names & set(_listdir(output_dir)))]
+    return [os.path.join(output_dir, n) for n in sorted(names & present)]
 
 
-def _listdir(folder: str) -> list[str]:
+def _listdir(folder: str) -> set[str]:
+    """The names in ``folder`` (folders without their trailing "/" on object stores)."""
     import tensorflow as tf
 
     try:
-        return tf.io.gfile.listdir(folder) if tf.io.gfile.isdir(folder) else []
+        names = tf.io.gfile.listdir(folder) if tf.io.gfile.isdir(folder) else []
+        return {n.rstrip("/") for n in names}
     except tf.errors.OpError as e:
         raise EffdrError(f"{folder}: cannot list the output folder: {e.message}") from e
 
 
-def _refuse_foreign_folder(output_dir: str, data_dir: str) -> None:
+def _refuse_foreign_folder(output_dir: str, present: set[str], data_dir: str) -> None:
     """A folder that holds files but no build of ours is most likely a mistyped --output_dir:
     refused unless ``--overwrite`` says to build beside those files (which stay), or it is the
     data dir itself, where writing beside the images is what was asked for."""
-    others = sorted(n.rstrip("/") for n in _listdir(output_dir) if n.rstrip("/") != PARTS)
+    others = sorted(present - {PARTS})
     if not others or (
         data_dir
         and not fileio.is_remote(output_dir)
@@ -448,13 +453,15 @@ def _refuse_foreign_folder(output_dir: str, data_dir: str) -> None:
     )
 
 
-def _refuse_strangers(output_dir: str, plan: list[Shard], ours: list[str]) -> None:
+def _refuse_strangers(
+    output_dir: str, present: set[str], plan: list[Shard], ours: list[str]
+) -> None:
     """Stops the build, before anything is written, if a file someone else put in the folder
     has a name this build would write."""
     wanted = {s.name for s in plan} | {MANIFEST, REJECTS}
     wanted |= {f"{n}.tmp" for n in wanted}
     mine = {os.path.basename(p) for p in ours}
-    for name in sorted(wanted & set(_listdir(output_dir)) - mine):
+    for name in sorted(wanted & present - mine):
         raise EffdrError(
             f"{os.path.join(output_dir, name)}: exists and was not written by a build in this "
             f"folder (no manifest.json or .parts/params.json names it); {LEAVE_IT}"
@@ -519,10 +526,11 @@ def build(
             f"{output_dir}: holds an unfinished build with other {' and '.join(changed)}; "
             "run it with the same settings and inputs, or pass --overwrite to start again"
         )
-    ours = _our_files(output_dir, manifest, before)
+    present = _listdir(output_dir)  # listed once for every check (a bucket listing is slow)
+    ours = _our_files(output_dir, present, manifest, before)
     if manifest is None and before is None and not overwrite:
-        _refuse_foreign_folder(output_dir, source.data_dir)
-    _refuse_strangers(output_dir, plan, ours)
+        _refuse_foreign_folder(output_dir, present, source.data_dir)
+    _refuse_strangers(output_dir, present, plan, ours)
     if overwrite or before is None:
         # The manifest goes last: killed halfway, what is left is still named by it.
         for path in sorted(ours, key=lambda p: os.path.basename(p) == MANIFEST):
@@ -535,7 +543,7 @@ def build(
         raise EffdrError(f"{output_dir}: cannot create the output folder: {e.message}") from e
     if overwrite or before is None:
         _write_text(params_path, json.dumps(params))
-    for path in _our_files(output_dir, None, params):
+    for path in _our_files(output_dir, _listdir(output_dir), None, params):
         if path.endswith(".tmp"):
             tf.io.gfile.remove(path)
 

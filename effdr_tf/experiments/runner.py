@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 
+from effdr_tf import fileio
 from effdr_tf.errors import EffdrError
 from effdr_tf.experiments.tables import IMAGENET, Row
 
@@ -116,13 +117,6 @@ def read_result(plan: Plan, row: Row) -> dict | None:
         return json.load(f)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def run_row(plan: Plan, row: Row, env: dict | None = None) -> str:
     """Runs one row to its result.json; returns its status."""
     if read_result(plan, row) is not None:
@@ -155,7 +149,7 @@ def run_row(plan: Plan, row: Row, env: dict | None = None) -> str:
             for split in row.splits
         },
     }
-    _write_atomic(os.path.join(folder, RESULT), json.dumps(result, indent=1) + "\n")
+    fileio.write_atomic(os.path.join(folder, RESULT), json.dumps(result, indent=1) + "\n")
     return "finished"
 
 
@@ -193,14 +187,14 @@ def write_table(plan: Plan, lines: list[dict], stem: str = "results") -> None:
     writer = csv.DictWriter(buf, fieldnames=list(lines[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(lines)
-    _write_atomic(os.path.join(plan.out_dir, f"{stem}.csv"), buf.getvalue())
+    fileio.write_atomic(os.path.join(plan.out_dir, f"{stem}.csv"), buf.getvalue())
     header = ["row", "table", "split(s)", "thesis accuracy %", "our accuracy %", "our kappa",
               "status", "folder"]  # fmt: skip
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for line in lines:
         cells = [line[k] for k in lines[0]]
         md.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
-    _write_atomic(os.path.join(plan.out_dir, f"{stem}.md"), "\n".join(md) + "\n")
+    fileio.write_atomic(os.path.join(plan.out_dir, f"{stem}.md"), "\n".join(md) + "\n")
 
 
 def run_rows(plan: Plan, rows: list[Row], gpus: list[str] | None = None, stem="results"):

@@ -8,11 +8,13 @@ the validation split; the table is ``randaugment.md/.csv`` and the heatmaps
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import numpy as np
 
+from effdr_tf import fileio
 from effdr_tf.experiments.runner import DEFAULT_DATA, Plan, read_result
 from effdr_tf.experiments.tables import Row
 
@@ -75,14 +77,16 @@ def heatmaps(plan: Plan, rows: list[Row]) -> list[str]:
         fig.suptitle(f"RandAugment grid, {weights} op weights")
         fig.tight_layout()
         path = os.path.join(plan.out_dir, f"{STEM}_{weights}.png")
-        fig.savefig(f"{path}.tmp.png", dpi=100)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)
         plt.close(fig)
-        os.replace(f"{path}.tmp.png", path)
+        fileio.write_atomic(path, png.getvalue())
         written.append(path)
     best = _best(plan, rows)
     if best:
-        with open(os.path.join(plan.out_dir, f"{STEM}_best.json"), "w") as f:
-            json.dump(best, f, indent=1)
+        fileio.write_atomic(
+            os.path.join(plan.out_dir, f"{STEM}_best.json"), json.dumps(best, indent=1)
+        )
     return written
 
 

@@ -196,7 +196,8 @@ def list_files(folder: str, data_dir: str | None = None) -> tuple[list[str], lis
             return
         folders = []
         for entry in entries:
-            target = os.path.realpath(entry.path)
+            # Only links need resolving: a plain entry below a folder inside root is inside.
+            target = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
             if entry.is_symlink() and not _within(root, target):
                 rejects.append(Reject(entry.path, "symlink leads outside data_dir"))
             elif not entry.is_dir():
