@@ -2,6 +2,7 @@
 
 python eval.py --model_dir=RUN --split=validation,public_test,private_test
 python eval.py --model_dir=RUN --data_dir=APTOS_TFREC --split=validation --tta=flip
+python eval.py --model_dir=RUN_A,RUN_B --split=validation,test --tta=dihedral --fellow_eye
 """
 
 from absl import app, flags
@@ -10,11 +11,22 @@ from effdr_tf import cli
 from effdr_tf.data import image_header  # pure Python: the flags load nothing heavy
 from effdr_tf.data.schema import SPLITS  # no TensorFlow: flags are checked before it loads
 
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A train.py model_dir.", required=True)
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "A train.py model_dir; several, comma-separated: an ensemble.", required=True
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Shards to score; default: the run's own.")
 _SPLITS = flags.DEFINE_list("split", ["validation"], "Splits to score.")
 _TTA = flags.DEFINE_enum(
     "tta", "none", ["none", "flip", "dihedral"], "Test-time augmentation: 1, 2 or 8 views."
+)
+_FELLOW_EYE = flags.DEFINE_bool(
+    "fellow_eye", False, "Also grade each image with its fellow eye's outputs (fit on validation)."
+)
+_GRADING = flags.DEFINE_string(
+    "grading", None, "With --images: grading.json with cut points; default the run's own eval's."
+)
+_TTA_ROTATIONS = flags.DEFINE_list(
+    "tta_rotations", [], "Extra test-time views: the image rotated by these degrees (e.g. 10,-10)."
 )
 _OUT = flags.DEFINE_string("out", None, "Output folder; default MODEL_DIR/eval_<data folder>.")
 _IMAGES = flags.DEFINE_string("images", None, "A folder or CSV of photographs to grade.")
@@ -32,6 +44,18 @@ flags.register_validator(
 
 # Checked while the flags are parsed: one line and exit code 2 before TensorFlow loads.
 flags.register_validator("bootstrap", lambda v: v >= 0, message="--bootstrap must be 0 or more")
+
+
+def _angles(values) -> bool:
+    try:
+        return all(abs(float(a)) <= 180 for a in values)
+    except ValueError:
+        return False
+
+
+flags.register_validator(
+    "tta_rotations", _angles, message="--tta_rotations takes angles in degrees, -180 to 180"
+)
 flags.register_validator(
     "split",
     lambda v: bool(v) and all(s in SPLITS for s in v),
@@ -48,12 +72,15 @@ def main(argv):
 
         if not _OUT.value:
             raise EffdrError("--images needs --out (where predictions.csv goes)")
+        if "," in _MODEL_DIR.value:
+            raise EffdrError("--images grades with one run; --model_dir names several")
         result = predict.predict_images(
             _MODEL_DIR.value,
             _IMAGES.value,
             _OUT.value,
             gradcam=_GRADCAM.value,
             max_pixels=_MAX_MEGAPIXELS.value * 1e6,
+            grading=_GRADING.value,
         )
         if not result["graded"]:
             raise EffdrError(
@@ -62,6 +89,7 @@ def main(argv):
             )
         print(
             f"graded {result['graded']} images, {result['unreadable']} unreadable: {result['csv']}"
+            + (f" (grade_fitted: cut points of {result['grading']})" if result["grading"] else "")
         )
         return
     from effdr_tf.evaluation import evaluate
@@ -71,8 +99,10 @@ def main(argv):
         data_dir=_DATA_DIR.value,
         splits=_SPLITS.value,
         tta=_TTA.value,
+        rotations=[float(a) for a in _TTA_ROTATIONS.value],
         out_dir=_OUT.value,
         bootstrap_rounds=_BOOTSTRAP.value,
+        fellow=_FELLOW_EYE.value,
     )
     for split, result in summary["splits"].items():
         referable = result.get("referable", {}).get("auc")
@@ -80,6 +110,9 @@ def main(argv):
         fitted = result.get("fitted_grades")
         if fitted:
             extra += f" kappa_fitted_cut_points={fitted['kappa']:.4f}"
+        second = (result.get("fellow_eye") or {}).get("image")
+        if second:
+            extra += f" kappa_fellow_eye={second['kappa']:.4f}"
         print(
             f"{split}: n={result['count']} accuracy={result['accuracy']:.4f} "
             f"kappa={result['kappa']:.4f}{extra}"

@@ -32,6 +32,12 @@ _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Preprocessing p
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Validation patients carved from train.")
 _SEED = flags.DEFINE_integer("seed", 0, "Validation split, example order, synthetic images.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "--data=synthetic_dr: how many images.")
+_SYNTHETIC_PRESET = flags.DEFINE_enum(
+    "synthetic_preset",
+    "standard",
+    ["standard", "hard"],
+    "--data=synthetic_dr: plain lesions, or fewer, smaller, fainter ones and noisy labels.",
+)
 _IMAGE_FORMAT = flags.DEFINE_enum("image_format", "jpeg", ["jpeg", "png"], "Encoding in shards.")
 _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality 1-100.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Rebuild a complete output folder.")
@@ -72,6 +78,7 @@ def main(argv):
         num_images=_NUM_IMAGES.value,
         seed=_SEED.value,
         image_size=size,
+        preset=_SYNTHETIC_PRESET.value,
     )
     options = builder.BuildOptions(
         image_size=size or source.default_image_size,

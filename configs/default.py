@@ -56,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.num_classes = 0  # 0: the manifest's
+    # "softmax" (thesis), "regression" (one output: the grade) or "ordinal" (CORN, K-1
+    # conditional outputs); see effdr_tf/models/heads.py. Every head gives class probabilities.
+    config.model.head = "softmax"
     config.model.weights = ""  # a checkpoint path (any format models.efficientnet reads)
     config.model.reinit_head = True  # ImageNet heads have 1000 classes
     config.model.normalization = "auto"  # what the weights expect
@@ -90,7 +93,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.epsilon = 1e-7
     config.train.rms_starts_at_one = False  # TF1 RMSProp semantics
     config.train.weight_decay = 0.0  # L2 term weight_decay * sum(w^2) / 2, non-BN weights
-    config.train.label_smoothing = 0.0
+    config.train.label_smoothing = 0.0  # softmax head only
+    config.train.regression_loss = "mse"  # regression head: "mse" or "smooth_l1" (Huber, delta 1)
     config.train.class_weights = ml_collections.config_dict.placeholder(tuple)
     config.train.allow_double_correction = False
     config.train.ema_decay = 0.0  # 0: off

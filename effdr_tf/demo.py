@@ -99,8 +99,8 @@ def explain(run_dir: str, source, data_dir: str, out_dir: str, overlays: int = 6
         views = [source.lesion_view(r, size) for r in records]
         encoded = [fundus.encode(im, prep["image_format"], prep["jpeg_quality"]) for im, _ in views]
         batch = scoring.images_from_bytes(run, tf.constant(encoded))
-        predicted = np.asarray(run.model(batch, training=False)).argmax(axis=1)
-        heat = gradcam.heatmaps(run.model, batch)
+        predicted = np.asarray(run.probabilities(batch)).argmax(axis=1)
+        heat = gradcam.heatmaps(run.model, batch, head=run.head)
         for i, (record, (image, lesion)) in enumerate(zip(records, views, strict=True)):
             if record.label >= 2:
                 heat_on.append(heat[i])

@@ -13,7 +13,16 @@ import pytest
 from sklearn import metrics as skm
 
 from benchmarks.decode_memory import patched_jpeg, zeros_png
-from effdr_tf.evaluation import clinical, evaluate, metrics, scoring
+from effdr_tf.errors import EffdrError
+from effdr_tf.evaluation import (
+    clinical,
+    evaluate,
+    fellow_eye,
+    metrics,
+    predict,
+    scoring,
+    thresholds,
+)
 from effdr_tf.training import loop
 from tests import browser
 from tests.conftest import REPO, run_command
@@ -132,16 +141,22 @@ def test_operating_points_come_from_validation_only(monkeypatch, tmp_path):
     )
     monkeypatch.setattr(evaluate.pipeline, "load_manifest", lambda d: manifest)
 
-    def fake_score(run, data_dir, split, tta="none"):
+    def meta(split):
+        n = len(data[split][0])
+        ids = np.array([f"{split}-{i}" for i in range(n)])
+        patients = np.array([f"{split}-p{i // 2}" for i in range(n)])
+        return ids, patients, np.array(["right", "left"] * (n // 2))
+
+    def fake_score(run, data_dir, split, tta="none", rotations=(), batch_size=None):
         labels, probs = data[split]
-        ids = np.array([f"{split}-{i}" for i in range(len(labels))])
-        return {"ids": ids, "patient_ids": ids, "eyes": ids, "labels": labels,
+        ids, patients, eyes = meta(split)
+        return {"ids": ids, "patient_ids": patients, "eyes": eyes, "labels": labels,
                 "probabilities": probs}  # fmt: skip
 
     monkeypatch.setattr(scoring, "score_split", fake_score)
     summary = evaluate.evaluate(
         str(tmp_path), data_dir="data", splits=["test"], out_dir=str(tmp_path / "out"),
-        bootstrap_rounds=0,
+        bootstrap_rounds=0, fellow=True,
     )  # fmt: skip
     from_validation = clinical.operating_points(val_labels, val_probs)
     from_test = clinical.operating_points(test_labels, test_probs)
@@ -151,7 +166,6 @@ def test_operating_points_come_from_validation_only(monkeypatch, tmp_path):
     assert used["high_sensitivity"]["threshold"] == from_validation["high_sensitivity"]
     assert list(summary["splits"]) == ["test"]  # validation scored for thresholds only
     # Grade cut points for kappa: fitted on validation, applied unchanged to test.
-    from effdr_tf.evaluation import thresholds
 
     cuts, _ = thresholds.fit(thresholds.expected_grade(val_probs), val_labels, K)
     on_test, _ = thresholds.fit(thresholds.expected_grade(test_probs), test_labels, K)
@@ -160,6 +174,17 @@ def test_operating_points_come_from_validation_only(monkeypatch, tmp_path):
     fitted = summary["splits"]["test"]["fitted_grades"]
     want = thresholds.kappa(thresholds.expected_grade(test_probs), test_labels, cuts, K)
     assert fitted["kappa"] == pytest.approx(want)
+    # The fellow-eye stage: fitted on validation alone, applied to test unchanged.
+    _, patients, eyes = meta("validation")
+    stage = fellow_eye.fit(val_probs, val_labels, patients, eyes)
+    _, patients, eyes = meta("test")
+    second = stage.apply(test_probs, patients, eyes)
+    got = summary["splits"]["test"]["fellow_eye"]
+    want = metrics.quadratic_weighted_kappa(
+        metrics.confusion_matrix(test_labels, second.argmax(1), K)
+    )
+    assert got["image"]["kappa"] == pytest.approx(want)
+    assert got["images_with_fellow_eye"] == 400 and got["patient"]["kappa"] is not None
 
 
 class _Images(html.parser.HTMLParser):
@@ -455,19 +480,25 @@ def test_dihedral_tta_averages_the_eight_views():
     images = rng.uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
     inputs = keras.Input((8, 8, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
-    invariant = keras.Model(inputs, keras.layers.Dense(4)(pooled / 255.0))
+    invariant_model = keras.Model(inputs, keras.layers.Dense(4)(pooled / 255.0))
+
+    def invariant(x):
+        return tf.nn.softmax(invariant_model(x))
+
     plain = scoring.tta_probabilities(invariant, tf.constant(images), "none").numpy()
     for tta in ("flip", "dihedral"):
         got = scoring.tta_probabilities(invariant, tf.constant(images), tta).numpy()
         np.testing.assert_allclose(got, plain, atol=1e-6)
 
     flat = keras.layers.Flatten()(inputs)
-    positional = keras.Model(inputs, keras.layers.Dense(4)(flat / 255.0))
+    positional_model = keras.Model(inputs, keras.layers.Dense(4)(flat / 255.0))
+
+    def positional(x):
+        return tf.nn.softmax(positional_model(x))
+
     views = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
     views += [v[:, :, ::-1] for v in views]
-    want = np.mean(
-        [tf.nn.softmax(positional(np.ascontiguousarray(v))).numpy() for v in views], axis=0
-    )
+    want = np.mean([positional(np.ascontiguousarray(v)).numpy() for v in views], axis=0)
     got = scoring.tta_probabilities(positional, tf.constant(images), "dihedral").numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert (
@@ -478,7 +509,6 @@ def test_dihedral_tta_averages_the_eight_views():
 
 
 def test_thresholds_fitted_for_kappa_find_the_known_cut_points():
-    from effdr_tf.evaluation import thresholds
 
     assert thresholds.apply([0.49, 0.5, 1.6, 9.0], thresholds.natural(5)).tolist() == [0, 1, 2, 4]
     # An expected grade squeezed towards the mean, as a softmax's is: grade k scores
@@ -508,3 +538,90 @@ def test_thresholds_fitted_for_kappa_find_the_known_cut_points():
         )
         assert kappa >= thresholds.kappa(scores, labels, thresholds.natural(3), 3)
         assert kappa >= best - 0.01, (seed, kappa, best)
+
+
+def test_an_ensemble_of_two_copies_of_a_run_equals_the_run(trained_run, tmp_path):
+    run_dir = str(trained_run / "run")
+    one = evaluate.evaluate(
+        run_dir, splits=["validation", "test"], out_dir=str(tmp_path / "one"), bootstrap_rounds=0
+    )
+    two = evaluate.evaluate(
+        f"{run_dir},{run_dir}",
+        splits=["validation", "test"],
+        out_dir=str(tmp_path / "two"),
+        bootstrap_rounds=0,
+        fellow=True,
+    )
+    assert two["runs"] == 2
+    for split in ("validation", "test"):
+        a = (tmp_path / "one" / f"predictions_{split}.csv").read_text()
+        b = (tmp_path / "two" / f"predictions_{split}.csv").read_text()
+        assert a == b
+        assert one["splits"][split]["kappa"] == two["splits"][split]["kappa"]
+    assert one["grade_cut_points"] == two["grade_cut_points"]
+    # These shards record no eyes: the fellow-eye stage has nothing to pair and changes nothing.
+    second = two["splits"]["test"]["fellow_eye"]
+    assert second["images_with_fellow_eye"] == 0
+    assert second["image"]["kappa"] == two["splits"]["test"]["kappa"]
+    assert "fellow-eye stage" in (tmp_path / "two" / "report.html").read_text()
+
+
+def test_cut_points_fitted_on_validation_grade_new_photographs(trained_run, tmp_path):
+    """eval.py writes the validation cut points to grading.json; --images applies them
+    unchanged beside argmax."""
+    import tensorflow as tf
+
+    run_dir = str(trained_run / "run")
+    summary = evaluate.evaluate(
+        run_dir, splits=["test"], out_dir=str(tmp_path / "eval"), bootstrap_rounds=0
+    )
+    grading = json.loads((tmp_path / "eval" / "grading.json").read_text())
+    assert grading["cut_points"] == summary["grade_cut_points"]
+    assert grading["fitted_on"]["split"] == "validation"
+    cuts = np.array(grading["cut_points"])
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shards = sorted((trained_run / "data").glob("test-*.tfrecord*"))
+    for i, record in enumerate(tf.data.TFRecordDataset([str(s) for s in shards]).take(6)):
+        example = tf.io.parse_single_example(record, pipeline_features())
+        (folder / f"{i}.png").write_bytes(example["image/encoded"].numpy())
+    result = predict.predict_images(
+        run_dir, str(folder), str(tmp_path / "out"), grading=str(tmp_path / "eval" / "grading.json")
+    )
+    assert result["cut_points"] == cuts.tolist() and result["graded"] == 6
+    with open(result["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        p = np.array([float(row[f"p{c}"]) for c in range(5)])
+        want = int(thresholds.apply(thresholds.expected_grade(p[None]), cuts)[0])
+        assert int(row["grade_fitted"]) == want and int(row["grade"]) == int(p.argmax())
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"cut_points": [0.5]}')
+    with pytest.raises(EffdrError, match="1 cut points for a model of 5 grades"):
+        predict.predict_images(run_dir, str(folder), str(tmp_path / "o2"), grading=str(bad))
+
+
+def test_small_rotation_views_turn_about_the_centre():
+    """rotate(90) is tf.image.rot90 (same direction, same centre); 0 changes nothing; each
+    angle adds one view to the average."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0, 255, (2, 9, 9, 3)).astype(np.float32))
+    np.testing.assert_allclose(scoring.rotate(images, 0.0).numpy(), images.numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        scoring.rotate(images, 90.0).numpy(), tf.image.rot90(images).numpy(), atol=1e-3
+    )
+    views = scoring.tta_views(images, "flip", rotations=(10.0, -10.0))
+    assert len(views) == 4
+    small = scoring.rotate(images, 10.0).numpy()
+    np.testing.assert_array_equal(views[2].numpy(), small)
+    assert np.abs(small - images.numpy()).mean() > 1
+
+    def mean_pixel(x):
+        return tf.reduce_mean(x, axis=[1, 2])
+
+    want = np.mean([mean_pixel(v).numpy() for v in views], axis=0)
+    got = scoring.tta_probabilities(mean_pixel, images, "flip", (10.0, -10.0)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -89,3 +89,54 @@ def test_lesion_view_is_what_the_builder_writes_with_its_lesions_aligned():
     bare = fundus.preprocess(bare, "crop", 96).astype(np.float32)
     change = np.abs(image.astype(np.float32) - bare).max(axis=2)
     assert change[lesions > 0.5].mean() > 5 * max(change[lesions == 0].mean(), 1.0)
+
+
+def test_hard_preset_draws_fainter_fewer_lesions_on_the_same_photographs():
+    hard = synthetic.PRESETS["hard"]
+    plain0, _ = synthetic.generate(0, 5, 0, size=256)
+    hard0, _ = synthetic.generate(0, 5, 0, size=256, style=hard)
+    np.testing.assert_array_equal(plain0, hard0)  # no findings: the same photograph
+    for grade in range(1, 5):
+        areas = []
+        for style in (synthetic.PRESETS["standard"], hard):
+            areas.append(
+                np.mean(
+                    [
+                        synthetic.generate(grade, i, 0, size=256, style=style)[1].sum()
+                        for i in range(6)
+                    ]
+                )  # fmt: skip
+            )
+        assert 0 < areas[1] < 0.5 * areas[0], (grade, areas)
+
+
+def test_hard_preset_labels_cross_neighbouring_boundaries_at_the_stated_rates():
+    from effdr_tf.data.sources.synthetic_dr import SyntheticDR
+
+    rates = synthetic.PRESETS["hard"].boundary_noise
+    grades = np.repeat(np.arange(5), 4000)
+    labels = np.array(synthetic.noisy_labels(grades, 0, rates))
+    assert np.all(np.abs(labels - grades) <= 1)
+    for b, rate in enumerate(rates):
+        assert abs(np.mean(labels[grades == b] == b + 1) - rate / 2) < 0.012
+        assert abs(np.mean(labels[grades == b + 1] == b) - rate / 2) < 0.012
+    assert synthetic.noisy_labels(grades, 0, (0, 0, 0, 0)) == grades.tolist()
+
+    source = SyntheticDR(num_images=400, image_size=64, preset="hard")
+    records = list(source.scan())
+    drawn = [g for _, _, g in synthetic.assign_grades(400, 0)]
+    moved = np.mean([r.label != g for r, g in zip(records, drawn, strict=True)])
+    assert 0.01 < moved < 0.15
+    assert source.describe()["preset"] == "hard"
+    plain = SyntheticDR(num_images=400, image_size=64)
+    assert [r.label for r in plain.scan()] == drawn
+
+
+def test_builder_offers_every_preset():
+    import ast
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "tfrecord_builder.py").read_text()
+    offered = re.search(r'"synthetic_preset",\s*"standard",\s*(\[[^\]]*\])', text).group(1)
+    assert sorted(ast.literal_eval(offered)) == sorted(synthetic.PRESETS)

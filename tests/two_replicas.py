@@ -9,6 +9,7 @@ CHECKs:
   equivalence  mixed_float16, EMA: 2 replicas vs 1 replica on the same global batches.
   equivalence32  the same in float32.
   jit          jit_compile=True on 2 CPU replicas (refused with one line).
+  heads        equivalence (mixed_float16) for the regression and ordinal heads.
 """
 
 import hashlib
@@ -82,10 +83,19 @@ def _local(var):
     return [x.numpy() for x in values] if values is not None else [var.numpy()]
 
 
+_STRATEGIES = {}
+
+
 def two_replicas():
-    if MULTI_WORKER:
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    """One strategy per process, shared by the checks: a second one would hand out collective
+    instance keys that clash with the first's, which fails once the models' shapes differ."""
+    if "two" not in _STRATEGIES:
+        _STRATEGIES["two"] = (
+            tf.distribute.MultiWorkerMirroredStrategy()
+            if MULTI_WORKER
+            else tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        )
+    return _STRATEGIES["two"]
 
 
 def check_overflow(out):
@@ -157,21 +167,24 @@ def check_overflow(out):
     }
 
 
-def check_equivalence(out, steps=4, policy="mixed_float16"):
+def check_equivalence(out, steps=4, policy="mixed_float16", head="softmax", lr=0.05, scale=None):
     # SGD: the update is linear in the gradient, so update differences measure gradient
     # differences (Adam's first steps are about lr * sign(g), which turns float16 noise in
     # near-zero gradients into whole-lr differences).
-    config = make_config(optimizer="sgd", learning_rate=0.05, mixed_precision=policy)
-    one = trainer_for(tf.distribute.get_strategy(), f"one_{policy}", config=config)
+    config = make_config(optimizer="sgd", learning_rate=lr, mixed_precision=policy)
+    config.model.head = head
+    one = trainer_for(tf.distribute.get_strategy(), f"one_{policy}_{head}", config=config)
     start = one.model.get_weights()
     two = trainer_for(
-        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
-        f"two_{policy}",
+        two_replicas(),
+        f"two_{policy}_{head}",
         config=config,
         weights=start,
     )
     results = {}
     for name, trainer in (("one", one), ("two", two)):
+        if scale is not None:
+            trainer.loss_scale.scale.assign(scale)
         trainer.iterator = fixed_batches(trainer.strategy, steps)
         t0 = time.perf_counter()
         losses, skipped = [], 0
@@ -213,7 +226,8 @@ def check_equivalence(out, steps=4, policy="mixed_float16"):
     ema_start = np.concatenate([w.ravel() for w in first])
     ema_one = np.concatenate([x.ravel() for x in results["one"]["ema"]])
     ema_two = np.concatenate([x.ravel() for x in results["two"]["ema"]])
-    out["equivalence" if policy == "mixed_float16" else "equivalence32"] = {
+    key = "equivalence" if policy == "mixed_float16" else "equivalence32"
+    out[key if head == "softmax" else f"{key}_{head}"] = {
         "ema_update_relative": float(
             np.linalg.norm(ema_one - ema_two) / np.linalg.norm(ema_one - ema_start)
         ),
@@ -228,7 +242,7 @@ def check_equivalence(out, steps=4, policy="mixed_float16"):
 
 
 def check_jit(out):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_replicas()
     try:
         trainer_for(strategy, "jit", config=make_config(jit_compile=True))
         out["jit"] = "accepted"
@@ -241,6 +255,12 @@ CHECK_FUNCTIONS = {
     "equivalence": check_equivalence,
     "equivalence32": lambda out: check_equivalence(out, policy="float32"),
     "jit": check_jit,
+    # A loss scale these heads' losses do not overflow at, so that every step trains, and
+    # rates at which they do not diverge (squared error on unbounded outputs needs a small one).
+    "heads": lambda out: [
+        check_equivalence(out, steps=3, head=head, lr=lr, scale=64.0)
+        for head, lr in (("regression", 1e-4), ("ordinal", 0.003))
+    ],
 }
 results = {}
 for check in CHECKS:

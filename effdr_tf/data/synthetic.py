@@ -16,10 +16,16 @@ sensor noise. Lesions by grade, on top of the lower grades' findings:
 
 Randomness comes from two streams per image (acquisition, lesions), both derived from the seed
 and the image index, so an image can be redrawn without its lesions for tests.
+
+Two presets (``PRESETS``): ``standard`` draws every grade's findings plainly (a small model
+separates the grades almost perfectly), ``hard`` draws fewer, smaller and fainter lesions and
+gives some images a neighbouring grade's label, as real graders disagree (most between grades
+1 and 2), so that methods that read grades better can be told apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import cv2
@@ -64,6 +70,52 @@ def assign_grades(num_images: int, seed: int, shares=EYEPACS_SHARES) -> list[tup
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """How plainly the findings are drawn, and how often the label disagrees with them.
+
+    Attributes:
+        count: multiplier on the number of each kind of lesion (at least one is kept).
+        size: multiplier on lesion radii and line widths.
+        opacity: multiplier on lesion opacity (fainter lesions on the same photograph).
+        boundary_noise: for each boundary between grades b and b + 1, the probability that an
+            image on either side of it is labelled with the grade across it (half of it from
+            each side); the image keeps the findings of the grade it was drawn with.
+    """
+
+    count: float = 1.0
+    size: float = 1.0
+    opacity: float = 1.0
+    boundary_noise: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
+
+
+PRESETS = {
+    "standard": Preset(),
+    # Graders disagree most between mild and moderate DR: 20 % across that boundary here, 6-10 %
+    # across the others.
+    "hard": Preset(count=0.5, size=0.7, opacity=0.55, boundary_noise=(0.06, 0.20, 0.10, 0.10)),
+}
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"synthetic preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def noisy_labels(grades, seed: int, boundary_noise) -> list[int]:
+    """Each grade moved across a neighbouring boundary b|b+1 with probability
+    ``boundary_noise[b] / 2`` from each side (one draw per image, its own random stream)."""
+    rng = np.random.default_rng([seed, 13])
+    out = []
+    for grade in grades:
+        u = rng.random()
+        up = boundary_noise[grade] / 2 if grade < len(boundary_noise) else 0.0
+        down = boundary_noise[grade - 1] / 2 if grade > 0 else 0.0
+        out.append(grade + 1 if u < up else grade - 1 if u > 1 - down else grade)
+    return out
+
+
 class _Canvas:
     """Lesion paint: a colour layer and two opacity layers (sharp edges and soft ones)."""
 
@@ -104,48 +156,63 @@ def _random_points(rng, n, size, quadrant=None, max_r=0.40):
     return np.stack([centre + radius * np.cos(angle), centre + radius * np.sin(angle)], axis=1)
 
 
-def draw_lesions(grade: int, size: int, rng: np.random.Generator) -> _Canvas:
-    """Paints the findings of ``grade`` at working resolution ``size``."""
+def draw_lesions(
+    grade: int, size: int, rng: np.random.Generator, style: Preset = PRESETS["standard"]
+) -> _Canvas:
+    """Paints the findings of ``grade`` at working resolution ``size``, as plainly as
+    ``style`` says."""
     canvas = _Canvas(size)
-    u = size / 512  # lesion sizes are given for a 512-px working image
+    u = size / 512 * style.size  # lesion sizes are given for a 512-px working image
+
+    def count(lo, hi):  # the standard preset draws exactly as before presets existed
+        n = int(rng.integers(lo, hi))
+        return n if style.count == 1.0 else max(1, int(round(n * style.count)))
+
+    def alpha(opacity):
+        return opacity * style.opacity
 
     def dots(n, colour, r_lo, r_hi, opacity, soft=False, quadrant=None):
         for x, y in _random_points(rng, n, size, quadrant):
             r = rng.uniform(r_lo, r_hi) * u
             canvas.ellipse(
-                (x, y), (r, r * rng.uniform(0.6, 1.0)), rng.uniform(0, 180), colour, opacity, soft
+                (x, y),
+                (r, r * rng.uniform(0.6, 1.0)),
+                rng.uniform(0, 180),
+                colour,
+                alpha(opacity),
+                soft,
             )
 
     if grade >= 1:
-        dots(int(rng.integers(3, 7)), _MICROANEURYSM, 2.5, 3.5, 0.95)
+        dots(count(3, 7), _MICROANEURYSM, 2.5, 3.5, 0.95)
     if grade >= 2:
-        dots(int(rng.integers(4, 9)), _MICROANEURYSM, 2.5, 3.5, 0.95)
-        dots(int(rng.integers(3, 7)), _HAEMORRHAGE, 3.5, 7.0, 0.85)
-        for x, y in _random_points(rng, int(rng.integers(1, 4)), size):  # exudate clusters
-            for _ in range(int(rng.integers(3, 8))):
+        dots(count(4, 9), _MICROANEURYSM, 2.5, 3.5, 0.95)
+        dots(count(3, 7), _HAEMORRHAGE, 3.5, 7.0, 0.85)
+        for x, y in _random_points(rng, count(1, 4), size):  # exudate clusters
+            for _ in range(count(3, 8)):
                 dx, dy = rng.normal(0, 9 * u, 2)
                 r = rng.uniform(1.5, 3.5) * u
-                canvas.ellipse((x + dx, y + dy), (r, r), 0, _EXUDATE, 0.95)
-        dots(int(rng.integers(1, 3)), _COTTON_WOOL, 7.0, 12.0, 0.85, soft=True)
+                canvas.ellipse((x + dx, y + dy), (r, r), 0, _EXUDATE, alpha(0.95))
+        dots(count(1, 3), _COTTON_WOOL, 7.0, 12.0, 0.85, soft=True)
     if grade >= 3:
         for quadrant in range(4):
-            dots(int(rng.integers(5, 9)), _HAEMORRHAGE, 4.0, 9.0, 0.85, quadrant=quadrant)
-        for _ in range(int(rng.integers(2, 4))):  # venous beading along curved veins
+            dots(count(5, 9), _HAEMORRHAGE, 4.0, 9.0, 0.85, quadrant=quadrant)
+        for _ in range(count(2, 4)):  # venous beading along curved veins
             p0, p1, p2 = _random_points(rng, 3, size, max_r=0.42)
             t = np.linspace(0, 1, 40)[:, None]
             curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
-            canvas.polyline(curve, _VEIN, 0.75, 2.5 * u)
+            canvas.polyline(curve, _VEIN, alpha(0.75), 2.5 * u)
             for k, (x, y) in enumerate(curve[::3]):
                 r = (3.5 if k % 2 else 2.2) * u
-                canvas.ellipse((x, y), (r, r), 0, _VEIN, 0.8)
+                canvas.ellipse((x, y), (r, r), 0, _VEIN, alpha(0.8))
     if grade >= 4:
-        for x, y in _random_points(rng, int(rng.integers(2, 4)), size, max_r=0.3):
-            for _ in range(int(rng.integers(4, 8))):  # tortuous new-vessel tufts
+        for x, y in _random_points(rng, count(2, 4), size, max_r=0.3):
+            for _ in range(count(4, 8)):  # tortuous new-vessel tufts
                 steps = rng.normal(0, 4 * u, (14, 2)).cumsum(axis=0)
-                canvas.polyline(np.array([x, y]) + steps, _NEW_VESSEL, 0.9, 1.2 * u)
+                canvas.polyline(np.array([x, y]) + steps, _NEW_VESSEL, alpha(0.9), 1.2 * u)
         ((x, y),) = _random_points(rng, 1, size, max_r=0.3)
         r = rng.uniform(22, 38) * u  # pre-retinal haemorrhage: flat top, rounded bottom
-        canvas.ellipse((x, y), (r, r * 0.75), 0, _HAEMORRHAGE, 0.95, arc=(0, 180))
+        canvas.ellipse((x, y), (r, r * 0.75), 0, _HAEMORRHAGE, alpha(0.95), arc=(0, 180))
     return canvas
 
 
@@ -193,6 +260,7 @@ def generate(
     size: int = 512,
     eye: str = "right",
     lesions: bool = True,
+    style: Preset = PRESETS["standard"],
 ) -> tuple[np.ndarray, np.ndarray]:
     """One semi-synthetic fundus photograph.
 
@@ -203,6 +271,7 @@ def generate(
         size: working (and output) resolution in pixels.
         eye: ``left`` images are mirrored.
         lesions: draw the grade's lesions (False gives the same photograph without them).
+        style: how plainly the lesions are drawn (``PRESETS``).
 
     Returns:
         (RGB uint8 image, float32 lesion opacity map in [0, 1]), both ``size`` x ``size``.
@@ -210,7 +279,7 @@ def generate(
     acquisition_rng = np.random.default_rng([seed, index, 0])
     lesion_rng = np.random.default_rng([seed, index, 1])
     image = base_photograph(size).copy()
-    canvas = draw_lesions(grade if lesions else 0, size, lesion_rng)
+    canvas = draw_lesions(grade if lesions else 0, size, lesion_rng, style)
     alpha = canvas.alpha()
     image = image * (1 - alpha[..., None]) + canvas.colour * alpha[..., None]
     image, alpha = _acquisition(image, alpha, size, acquisition_rng, eye)

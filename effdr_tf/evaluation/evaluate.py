@@ -1,7 +1,9 @@
 """eval.py's work: score splits with a trained run, write metrics.json, figures and report.html.
 
-Operating-point thresholds are fitted on the validation split only and applied unchanged to
-every other split; without a validation split the other splits get no operating points.
+Everything fitted is fitted on the validation split only and applied unchanged to every other
+split: the referable operating points, the grade cut points on the expected grade (written to
+``grading.json`` for ``eval.py --images``) and the fellow-eye second stage. Without a validation
+split the other splits get none of them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import tensorflow as tf
 
 from effdr_tf import constants, fileio
 from effdr_tf.errors import EffdrError
-from effdr_tf.evaluation import clinical, metrics, plots, report, scoring
+from effdr_tf.evaluation import clinical, fellow_eye, metrics, plots, report, scoring
 from effdr_tf.evaluation import thresholds as grade_thresholds
 from effdr_tf.pipeline import input as pipeline
 
 VALIDATION = "validation"
+GRADING_FILE = "grading.json"
 
 
 def _predictions_csv(scored: dict) -> str:
@@ -76,18 +79,55 @@ def _fitted_grades(labels, probs, cuts, num_classes: int) -> dict:
     }
 
 
+def _headline(labels, probs, cuts, num_classes: int) -> dict:
+    """Accuracy, kappa (argmax and at ``cuts``) and referable AUC, without intervals."""
+    result = clinical.summarize(labels, probs, bootstrap_rounds=0)
+    out = {
+        "accuracy": result["accuracy"],
+        "kappa": result["kappa"],
+        "referable_auc": (result.get("referable") or {}).get("auc"),
+    }
+    if cuts is not None:
+        out["kappa_fitted_cut_points"] = _fitted_grades(labels, probs, cuts, num_classes)["kappa"]
+    return out
+
+
+def _fellow_eye_figures(scored, second, cuts, num_classes: int) -> dict:
+    """Per-image and per-patient figures of the second stage, beside the single-image ones."""
+    labels = scored["labels"]
+    out = {"image": _headline(labels, second, cuts, num_classes)}
+    _, has = fellow_eye.fellow_probabilities(second, scored["patient_ids"], scored["eyes"])
+    out["images_with_fellow_eye"] = int(has.sum())
+    patients = scored["patient_ids"]
+    if len(patients) and all(p != "" for p in patients):
+        worst, rows = clinical.by_patient(labels, second, patients)
+        single_worst, single_rows = clinical.by_patient(labels, scored["probabilities"], patients)
+        out["patient"] = _headline(worst, rows, cuts, num_classes)
+        out["patient_single_image"] = _headline(single_worst, single_rows, None, num_classes)
+    return out
+
+
 def evaluate(
     model_dir: str,
     *,
     data_dir: str | None = None,
     splits=("validation",),
     tta: str = "none",
+    rotations=(),
     out_dir: str | None = None,
     bootstrap_rounds: int = 1000,
+    fellow: bool = False,
 ) -> dict:
     """Scores ``splits`` and writes metrics.json, predictions_<split>.csv, figures and
-    report.html into ``out_dir`` (default ``model_dir/eval_<data folder name>``)."""
-    run = scoring.load_run(model_dir)
+    report.html into ``out_dir`` (default ``model_dir/eval_<data folder name>``).
+
+    ``model_dir`` may name several runs (``A,B`` or a list): an ensemble whose class
+    probabilities are averaged; everything fitted on validation is fitted on the ensemble's
+    output. ``fellow``: also score the fellow-eye second stage (``fellow_eye``).
+    """
+    runs = scoring.load_runs(model_dir)
+    run = runs[0]
+    model_dir = ",".join(r.model_dir for r in runs)
     data_dir = data_dir or run.config.data.data_dir
     if not data_dir:
         raise EffdrError("no --data_dir given and the run's config names none")
@@ -104,7 +144,10 @@ def evaluate(
             f"{data_dir}: {manifest['num_classes']} classes, but the model has {run.num_classes}"
         )
     out_dir = out_dir or os.path.join(
-        model_dir, "eval_" + os.path.basename(os.path.normpath(data_dir))
+        run.model_dir,
+        "eval_"
+        + os.path.basename(os.path.normpath(data_dir))
+        + (f"_ensemble{len(runs)}" if len(runs) > 1 else ""),
     )
     tf.io.gfile.makedirs(out_dir)
     names = list(constants.DR_GRADES) if run.num_classes == 5 else [
@@ -115,13 +158,15 @@ def evaluate(
     ]
     thresholds = None
     cuts = None  # grade cut points on the expected grade, fitted on validation
+    stage, stage_cuts = None, None  # the fellow-eye second stage and its cut points
     results, figures, timing = {}, {}, {}
     for split in order:
         started = time.perf_counter()
-        scored = scoring.score_split(run, data_dir, split, tta=tta)
+        scored = scoring.score_split_ensemble(runs, data_dir, split, tta=tta, rotations=rotations)
         timing[split] = time.perf_counter() - started
         _check_once_each(scored, manifest, split, data_dir)
         labels, probs = scored["labels"], scored["probabilities"]
+        second = None
         if split == VALIDATION:
             referable = labels >= clinical.REFERABLE_GRADE
             if run.num_classes > clinical.REFERABLE_GRADE and 0 < referable.sum() < len(labels):
@@ -130,11 +175,23 @@ def evaluate(
                 cuts, _ = grade_thresholds.fit(
                     grade_thresholds.expected_grade(probs), labels, run.num_classes
                 )
+            if fellow:
+                patients, eyes = scored["patient_ids"], scored["eyes"]
+                stage = fellow_eye.fit(probs, labels, patients, eyes)
+                second = fellow_eye.out_of_fold(probs, labels, patients, eyes)
+                if run.num_classes > 2:
+                    stage_cuts, _ = grade_thresholds.fit(
+                        grade_thresholds.expected_grade(second), labels, run.num_classes
+                    )
             if split not in splits:
                 continue
+        elif stage is not None:
+            second = stage.apply(probs, scored["patient_ids"], scored["eyes"])
         result = clinical.summarize(labels, probs, thresholds, bootstrap_rounds=bootstrap_rounds)
         if cuts is not None:
             result["fitted_grades"] = _fitted_grades(labels, probs, cuts, run.num_classes)
+        if second is not None:
+            result["fellow_eye"] = _fellow_eye_figures(scored, second, stage_cuts, run.num_classes)
         patient = _patient_level(scored, thresholds, bootstrap_rounds)
         if patient:
             result["patient_level"] = patient
@@ -155,34 +212,78 @@ def evaluate(
             fileio.write_atomic(os.path.join(out_dir, name), png)
             figures[split][label] = name
 
+    grading = {
+        "cut_points": None if cuts is None else [round(float(c), 6) for c in cuts],
+        "fitted_on": {"data_dir": data_dir, "split": VALIDATION} if cuts is not None else None,
+        "head": [r.head for r in runs],
+        "tta": tta,
+        "validation_kappa_argmax": (results.get(VALIDATION) or {}).get("kappa"),
+        "validation_kappa_fitted": ((results.get(VALIDATION) or {}).get("fitted_grades") or {}).get(
+            "kappa"
+        ),
+    }
     summary = {
         "model_dir": model_dir,
+        "runs": len(runs),
+        "heads": grading["head"],
         "variant": run.config.get("variant"),
         "data_dir": data_dir,
         "dataset": (manifest.get("source") or {}).get("name"),
         "image_size": run.image_size,
         "normalization": run.config.model.get("normalization"),
         "tta": tta,
+        "tta_rotations": [float(a) for a in rotations],
         "thresholds": thresholds,
         "thresholds_from": VALIDATION if thresholds else None,
         # Grades read off the expected grade at cut points fitted for kappa on validation
         # (each split's "fitted_grades"); "accuracy" and "kappa" stay argmax's.
-        "grade_cut_points": None if cuts is None else [round(float(c), 6) for c in cuts],
+        "grade_cut_points": grading["cut_points"],
+        "fellow_eye": None
+        if stage is None
+        else {
+            "fitted_on_images": stage.fitted_on,
+            "cut_points": None if stage_cuts is None else [float(c) for c in stage_cuts],
+        },
         "splits": results,
     }
     fileio.write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(summary, indent=2))
+    if cuts is not None:
+        fileio.write_atomic(os.path.join(out_dir, GRADING_FILE), json.dumps(grading, indent=2))
+    gain = ""
+    if grading["validation_kappa_fitted"] is not None and grading["validation_kappa_argmax"]:
+        gain = (
+            f"; on validation kappa {grading['validation_kappa_argmax']:.3f} by argmax, "
+            f"{grading['validation_kappa_fitted']:.3f} at the cut points (fitted there)"
+        )
     provenance = {
-        "model": f"{model_dir} (efficientnet-{summary['variant']}, {run.image_size} px)",
+        "model": (
+            f"{model_dir} (efficientnet-{summary['variant']}, {run.image_size} px, "
+            f"{'/'.join(sorted(set(grading['head'])))} head)"
+            if len(runs) == 1
+            else f"ensemble of {len(runs)} runs ({model_dir}), probabilities averaged"
+        ),
         "data": f"{data_dir} ({summary['dataset']})",
-        "test-time augmentation": tta,
+        "test-time augmentation": tta
+        + (
+            f", plus rotations by {', '.join(f'{a:g}' for a in rotations)} degrees"
+            if rotations
+            else ""
+        ),
         "operating points from": summary["thresholds_from"] or "none (no validation split)",
         "grade decoding": "argmax; also the expected grade cut at "
         + (
-            ", ".join(f"{c:.3f}" for c in cuts) + " (fitted for kappa on validation)"
+            ", ".join(f"{c:.3f}" for c in cuts) + " (fitted for kappa on validation)" + gain
             if cuts is not None
             else "nothing (no validation split)"
         ),
     }
+    if fellow:
+        provenance["fellow-eye stage"] = (
+            f"logistic regression on both eyes' probabilities, fitted on {stage.fitted_on} "
+            "validation images (validation figures out-of-fold)"
+            if stage is not None and stage.model is not None
+            else "requested, but no validation split with pairs of eyes to fit it on"
+        )
     if (manifest.get("source") or {}).get("synthetic"):
         provenance["note"] = (
             "semi-synthetic photographs with drawn lesions: these results say nothing about "

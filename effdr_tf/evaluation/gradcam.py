@@ -22,18 +22,26 @@ def last_feature_layer(model) -> keras.layers.Layer:
     raise ValueError("the model has no 4-D feature map to explain")
 
 
-def heatmaps(model, images, classes=None) -> np.ndarray:
+def heatmaps(model, images, classes=None, head: str = "softmax") -> np.ndarray:
     """Grad-CAM for ``images`` (float32 [B, H, W, 3], the model's input) towards ``classes``
-    (default: each image's predicted class); returns [B, H, W] in [0, 1]."""
+    (default: each image's predicted class); returns [B, H, W] in [0, 1].
+
+    A ``regression`` or ``ordinal`` head has no per-class logit; its map follows the sum of its
+    outputs (the grade, or the conditional logits of each higher grade), which rises with the
+    grade: where the evidence for a worse grade lies.
+    """
     layer = last_feature_layer(model)
     probe = keras.Model(model.inputs, [layer.output, model.output])
     images = tf.convert_to_tensor(images, tf.float32)
     with tf.GradientTape() as tape:
         features, logits = probe(images, training=False)
         logits = tf.cast(logits, tf.float32)
-        if classes is None:
-            classes = tf.argmax(logits, -1)
-        score = tf.reduce_sum(tf.gather(logits, classes, batch_dims=1))
+        if head != "softmax":
+            score = tf.reduce_sum(logits)
+        else:
+            if classes is None:
+                classes = tf.argmax(logits, -1)
+            score = tf.reduce_sum(tf.gather(logits, classes, batch_dims=1))
     grads = tape.gradient(score, features)
     weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(features, tf.float32), -1))

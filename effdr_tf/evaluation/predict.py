@@ -21,7 +21,7 @@ from effdr_tf.data import fundus
 from effdr_tf.data.builder import DECODE_MARGIN
 from effdr_tf.data.sources import base as sources_base
 from effdr_tf.errors import EffdrError
-from effdr_tf.evaluation import clinical, scoring
+from effdr_tf.evaluation import clinical, evaluate, scoring, thresholds
 from effdr_tf.evaluation import gradcam as gradcam_lib
 from effdr_tf.pipeline import input as pipeline
 
@@ -94,15 +94,22 @@ def predict_images(
     batch_size: int = 16,
     gradcam: bool = False,
     max_pixels: float | None = fundus.DEFAULT_MAX_PIXELS,
+    grading: str | None = None,
 ) -> dict:
     """Writes ``out_dir/predictions.csv`` (and with ``gradcam`` one heatmap overlay PNG per
     graded image in ``out_dir/gradcam/``); returns counts of graded and unreadable images.
+
+    ``grade`` is the argmax; ``grade_fitted`` reads the expected grade at the cut points that
+    eval.py fitted on validation (``grading``: its ``grading.json``; default the one of the
+    run's evaluation on its own data, ``MODEL_DIR/eval_<data folder>/grading.json``), empty when
+    there is none.
 
     Whatever goes wrong with one file (unreadable, over ``max_pixels`` as its header declares,
     a decoder error, out of memory) becomes that file's row, with the reason in its ``error``
     column; the other files are graded.
     """
     run = scoring.load_run(model_dir)
+    cuts, grading = _cut_points(run, grading)
     paths = list_images(images)
     prep = _preprocessing(run)
     size = run.image_size
@@ -113,7 +120,7 @@ def predict_images(
 
     @tf.function(reduce_retracing=True)
     def forward(batch):
-        return tf.nn.softmax(tf.cast(run.model(batch, training=False), tf.float32))
+        return run.probabilities(batch)
 
     tf.io.gfile.makedirs(os.path.join(out_dir, "gradcam") if gradcam else out_dir)
     rows: list[dict] = []
@@ -124,7 +131,7 @@ def predict_images(
             return
         batch = prepare(tf.constant([data for _, data in pending]))
         probs = forward(batch).numpy()
-        heat = gradcam_lib.heatmaps(run.model, batch) if gradcam else None
+        heat = gradcam_lib.heatmaps(run.model, batch, head=run.head) if gradcam else None
         for i, ((index, _), p) in enumerate(zip(pending, probs, strict=True)):
             rows[index].update(probabilities=p)
             if heat is not None:
@@ -159,20 +166,52 @@ def predict_images(
     k = run.num_classes
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "grade", "referable", "referable_score"]
+    writer.writerow(["path", "grade", "grade_fitted", "referable", "referable_score"]
                     + [f"p{c}" for c in range(k)] + ["error"])  # fmt: skip
     graded = 0
     for row in rows:
         p = row.get("probabilities")
         if p is None:
-            writer.writerow([row["path"], "", "", ""] + [""] * k + [row["error"]])
+            writer.writerow([row["path"], "", "", "", ""] + [""] * k + [row["error"]])
             continue
         graded += 1
         score = float(clinical.referable_score(p[np.newaxis])[0]) if k > 2 else float("nan")
+        fitted = (
+            int(thresholds.apply(thresholds.expected_grade(p[np.newaxis]), cuts)[0])
+            if cuts is not None
+            else ""
+        )
         writer.writerow(
-            [row["path"], int(p.argmax()), int(p.argmax() >= clinical.REFERABLE_GRADE),
+            [row["path"], int(p.argmax()), fitted, int(p.argmax() >= clinical.REFERABLE_GRADE),
              f"{score:.6f}"] + [f"{v:.6f}" for v in p] + [""]
         )  # fmt: skip
     target = os.path.join(out_dir, "predictions.csv")
     fileio.write_atomic(target, buf.getvalue())
-    return {"graded": graded, "unreadable": len(rows) - graded, "csv": target, "rows": rows}
+    return {
+        "graded": graded,
+        "unreadable": len(rows) - graded,
+        "csv": target,
+        "rows": rows,
+        "cut_points": None if cuts is None else cuts.tolist(),
+        "grading": grading,
+    }
+
+
+def _cut_points(run: scoring.Run, grading: str | None) -> tuple[np.ndarray | None, str | None]:
+    """Cut points from eval.py's grading.json; an explicit path must exist and match."""
+    if grading is None:
+        data = os.path.basename(os.path.normpath(run.config.data.data_dir or ""))
+        grading = os.path.join(run.model_dir, f"eval_{data}", evaluate.GRADING_FILE)
+        if not data or not tf.io.gfile.exists(grading):
+            return None, None
+    try:
+        with tf.io.gfile.GFile(grading) as f:
+            cuts = json.load(f)["cut_points"]
+    except (tf.errors.OpError, OSError, ValueError, KeyError, TypeError) as e:
+        raise EffdrError(f"{grading}: not a grading.json written by eval.py ({e})") from e
+    if cuts is None or len(cuts) != run.num_classes - 1:
+        raise EffdrError(
+            f"{grading}: {0 if cuts is None else len(cuts)} cut points for a model of "
+            f"{run.num_classes} grades"
+        )
+    return np.asarray(cuts, np.float64), grading

@@ -97,6 +97,34 @@ def _split_section(name: str, result: dict, figures: dict, class_names) -> str:
                     f"specificity {_num(values['specificity'], percent=True)}",
                 )
             )
+    fitted = result.get("fitted_grades")
+    if fitted:
+        rows.append(
+            (
+                "kappa, grades at the cut points fitted on validation",
+                f"{_num(fitted['kappa'])} ({fitted['kappa'] - result['kappa']:+.3f} on argmax)",
+            )
+        )
+    second = result.get("fellow_eye")
+    if second:
+        image = second["image"]
+        rows.append(
+            (
+                f"with the fellow eye ({second['images_with_fellow_eye']} images have one)",
+                f"kappa {_num(image['kappa'])} ({image['kappa'] - result['kappa']:+.3f}), at "
+                f"cut points {_num(image.get('kappa_fitted_cut_points'))}, referable AUC "
+                f"{_num(image['referable_auc'])}",
+            )
+        )
+        if second.get("patient"):
+            p, single = second["patient"], second["patient_single_image"]
+            rows.append(
+                (
+                    "patients (worse eye), single image → with fellow eye",
+                    f"kappa {_num(single['kappa'])} → {_num(p['kappa'])}, referable AUC "
+                    f"{_num(single['referable_auc'])} → {_num(p['referable_auc'])}",
+                )
+            )
     parts.append(_table(("measure", "value"), rows))
     pc = result["per_class"]
     parts.append(

@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from effdr_tf import models
 from effdr_tf.errors import EffdrError
+from effdr_tf.models import heads
 from effdr_tf.pipeline import input as pipeline
+from effdr_tf.pipeline import randaugment
 
 MODEL_FILE = os.path.join("export", "model.keras")
 
@@ -33,8 +35,21 @@ class Run:
         return int(self.model.input_shape[1])
 
     @property
+    def head(self) -> str:
+        # Runs from before heads were configurable had a softmax.
+        return heads.check(self.config.model.get("head", "softmax"))
+
+    @property
     def num_classes(self) -> int:
-        return int(self.model.output_shape[-1])
+        units = int(self.model.output_shape[-1])
+        recorded = int(self.config.model.get("num_classes") or 0)
+        return recorded or heads.num_classes_from_units(self.head, units) or units
+
+    def probabilities(self, images, training=False):
+        """Class probabilities [N, K] of the run's model for a batch of model inputs."""
+        return heads.probabilities(
+            self.model(images, training=training), self.head, self.num_classes
+        )
 
 
 def load_run(model_dir: str) -> Run:
@@ -85,13 +100,15 @@ def images_from_bytes(run: Run, encoded) -> tf.Tensor:
     )
 
 
-def score_split(run: Run, data_dir: str, split: str, *, tta: str = "none", batch_size=None):
+def score_split(
+    run: Run, data_dir: str, split: str, *, tta: str = "none", rotations=(), batch_size=None
+):
     """Probabilities for every example of ``split``, once each, in shard order.
 
     Returns:
         dict with ``ids``, ``patient_ids``, ``eyes`` (str arrays), ``labels`` (int) and
-        ``probabilities`` (float32 [N, K]), averaged over the views of ``tta``
-        (``tta_views``).
+        ``probabilities`` (float32 [N, K]), averaged over the views of ``tta`` and
+        ``rotations`` (``tta_views``).
     """
     if tta not in TTA_MODES:
         raise EffdrError(f"--tta={tta}: choose one of {', '.join(TTA_MODES)}")
@@ -104,7 +121,7 @@ def score_split(run: Run, data_dir: str, split: str, *, tta: str = "none", batch
     ds = pipeline.make_dataset(
         config, split, training=False, batch_size=batch_size, return_metadata=True
     )
-    forward = _forward(run, tta)
+    forward = _forward(run, tta, tuple(float(a) for a in rotations))
     out = {k: [] for k in ("ids", "patient_ids", "eyes", "labels", "probabilities")}
     for images, labels, meta in ds:
         out["probabilities"].append(forward(images).numpy())
@@ -120,49 +137,105 @@ def score_split(run: Run, data_dir: str, split: str, *, tta: str = "none", batch
     return result
 
 
+def load_runs(model_dirs) -> list[Run]:
+    """Runs for an ensemble (``A,B,...`` or a list); they must grade the same classes."""
+    dirs = [d for d in (model_dirs.split(",") if isinstance(model_dirs, str) else model_dirs) if d]
+    if not dirs:
+        raise EffdrError("--model_dir: no run given")
+    runs = [load_run(d) for d in dirs]
+    classes = {r.model_dir: r.num_classes for r in runs}
+    if len(set(classes.values())) > 1:
+        raise EffdrError(
+            "--model_dir: the runs grade different numbers of classes ("
+            + ", ".join(f"{d}: {k}" for d, k in classes.items())
+            + ")"
+        )
+    return runs
+
+
+def score_split_ensemble(
+    runs, data_dir: str, split: str, *, tta: str = "none", rotations=(), batch_size=None
+):
+    """``score_split`` for each run, the class probabilities averaged (any mix of heads: each
+    run's own head makes its probabilities, at its own input size and preprocessing)."""
+    parts = [
+        score_split(r, data_dir, split, tta=tta, rotations=rotations, batch_size=batch_size)
+        for r in runs
+    ]
+    first = parts[0]
+    for run, part in zip(runs[1:], parts[1:], strict=True):
+        if not np.array_equal(part["ids"], first["ids"]):
+            raise EffdrError(f"{run.model_dir}: scored {split!r} in another order than the others")
+    if len(parts) > 1:
+        first = dict(first)
+        first["probabilities"] = np.mean([p["probabilities"] for p in parts], axis=0)
+    return first
+
+
 # Test-time augmentation: the views of each image whose class probabilities are averaged.
 # A fundus photograph has no preferred orientation, so the dihedral group (rotations by 90
 # degrees, each also mirrored) gives 8 views a grader would call the same eye.
 TTA_MODES = ("none", "flip", "dihedral")
 
 
-def tta_views(images: tf.Tensor, tta: str) -> list[tf.Tensor]:
+def rotate(images: tf.Tensor, degrees: float) -> tf.Tensor:
+    """A batch of NHWC images rotated counter-clockwise about their centres (bilinear; the
+    corners that come in repeat the nearest edge pixel, the black around a cropped fundus, in
+    whatever normalisation the model's inputs have)."""
+    shape = tf.shape(images)
+    m = randaugment.rotate_matrix(float(degrees), shape[1], shape[2])
+    transform = tf.reshape(m / m[2, 2], [-1])[:8]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=tf.tile(transform[tf.newaxis], [shape[0], 1]),
+        output_shape=shape[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )
+
+
+def tta_views(images: tf.Tensor, tta: str, rotations=()) -> list[tf.Tensor]:
     """The views of a batch of square NHWC images: ``none`` 1, ``flip`` 2 (left-right mirror),
-    ``dihedral`` 8 (rotations by 0, 90, 180 and 270 degrees, each with its mirror)."""
+    ``dihedral`` 8 (rotations by 0, 90, 180 and 270 degrees, each with its mirror); then one
+    more view per angle in ``rotations`` (degrees, counter-clockwise), of the image as it is."""
     if tta == "none":
-        return [images]
-    if tta == "flip":
-        return [images, tf.reverse(images, axis=[2])]
-    rotations = [tf.image.rot90(images, k) for k in range(4)]
-    return rotations + [tf.reverse(r, axis=[2]) for r in rotations]
+        views = [images]
+    elif tta == "flip":
+        views = [images, tf.reverse(images, axis=[2])]
+    else:
+        quarter = [tf.image.rot90(images, k) for k in range(4)]
+        views = quarter + [tf.reverse(r, axis=[2]) for r in quarter]
+    return views + [rotate(images, a) for a in rotations]
 
 
-def tta_probabilities(model, images: tf.Tensor, tta: str) -> tf.Tensor:
-    """Softmax of ``model`` averaged over the ``tta`` views, in float32."""
-    views = tta_views(images, tta)
+def tta_probabilities(probabilities, images: tf.Tensor, tta: str, rotations=()) -> tf.Tensor:
+    """``probabilities`` (a function of a batch: class probabilities) averaged over the views
+    of ``tta`` and ``rotations``, in float32."""
+    views = tta_views(images, tta, rotations)
     if len(views) == 1:
-        return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+        return tf.cast(probabilities(images), tf.float32)
     # One view at a time through one traced call: activations of one batch in memory, and the
     # model traced once rather than once per view.
     probs = tf.map_fn(
-        lambda view: tf.nn.softmax(tf.cast(model(view, training=False), tf.float32)),
+        lambda view: tf.cast(probabilities(view), tf.float32),
         tf.stack(views),
         fn_output_signature=tf.float32,
     )
     return tf.reduce_mean(probs, axis=0)
 
 
-def _forward(run: Run, tta: str):
+def _forward(run: Run, tta: str, rotations: tuple = ()):
     """``tta_probabilities`` for the run's model, traced once per run and kept: tracing an
     EfficientNet costs seconds, more than scoring a small split."""
-    if tta not in run._forward:
-        model = run.model
+    key = (tta, rotations)
+    if key not in run._forward:
 
         @tf.function(
             input_signature=[tf.TensorSpec([None, run.image_size, run.image_size, 3], tf.float32)]
         )
         def forward(images):
-            return tta_probabilities(model, images, tta)
+            return tta_probabilities(run.probabilities, images, tta, rotations)
 
-        run._forward[tta] = forward
-    return run._forward[tta]
+        run._forward[key] = forward
+    return run._forward[key]

@@ -10,7 +10,8 @@ Written under ``RUN/serving/``:
   cropped to the fundus disc as the builder does (``eval.py --images`` does that with OpenCV).
 * ``model_float32.tflite``, ``model_float16.tflite`` (float16 weights), ``model_int8.tflite``
   (int8 weights and activations, float input and output, calibrated on the run's validation
-  images), converted from the run's ``export/saved_model``; they return logits. Swish is a
+  images), converted from the run's ``export/saved_model``; they return the head's raw outputs
+  (logits for softmax; ``effdr_tf.models.heads.probabilities`` reads any head). Swish is a
   plain x*sigmoid(x) here and the in-model normalisation a Keras Normalization or Rescaling
   layer, so the converter needs no custom ops.
 
@@ -28,6 +29,7 @@ import tensorflow as tf
 from effdr_tf import fileio
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import clinical, scoring
+from effdr_tf.models import heads
 from effdr_tf.pipeline import input as pipeline
 
 FORMATS = ("saved_model", "float32", "float16", "int8")
@@ -64,7 +66,7 @@ class BytesServer(tf.Module):
     )
     def serve(self, image_bytes):
         images = scoring.images_from_bytes(self.run, image_bytes)
-        probs = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
+        probs = self.run.probabilities(images)
         return {
             "probabilities": probs,
             "grade": tf.argmax(probs, -1, output_type=tf.int32),
@@ -88,8 +90,11 @@ def _tflite(run: scoring.Run, kind: str, calibration: np.ndarray) -> bytes:
     return converter.convert()
 
 
-def run_tflite(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
-    """Probabilities from a converted model (which returns logits), one image at a time."""
+def run_tflite(
+    model_bytes: bytes, images: np.ndarray, head: str = "softmax", num_classes: int | None = None
+) -> np.ndarray:
+    """Class probabilities from a converted model (which returns the head's raw outputs), one
+    image at a time; ``effdr_tf.models.heads`` reads the outputs."""
     interpreter = tf.lite.Interpreter(model_content=model_bytes)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
@@ -99,9 +104,8 @@ def run_tflite(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
         interpreter.set_tensor(inp["index"], image[None].astype(np.float32))
         interpreter.invoke()
         results.append(interpreter.get_tensor(out["index"])[0])
-    logits = np.stack(results).astype(np.float64)
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+    outputs = np.stack(results).astype(np.float32)
+    return np.asarray(heads.probabilities(outputs, head, num_classes), np.float64)
 
 
 def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
@@ -114,7 +118,7 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
     folder = os.path.join(model_dir, "serving")
     tf.io.gfile.makedirs(folder)
     images, encoded = _samples(run, check_images)
-    reference = tf.nn.softmax(tf.cast(run.model(images, training=False), tf.float32)).numpy()
+    reference = run.probabilities(images).numpy()
     report = {}
     if "saved_model" in formats:
         target = os.path.join(folder, "saved_model_bytes")
@@ -128,12 +132,7 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
             .signatures["serving_default"](image_bytes=tf.constant(encoded))["probabilities"]
             .numpy()
         )
-        local = tf.nn.softmax(
-            tf.cast(
-                run.model(scoring.images_from_bytes(run, tf.constant(encoded)), training=False),
-                tf.float32,
-            )
-        ).numpy()
+        local = run.probabilities(scoring.images_from_bytes(run, tf.constant(encoded))).numpy()
         report["saved_model"] = {
             "path": target,
             "max_abs_diff": float(np.abs(served - local).max()),
@@ -144,7 +143,7 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
         data = _tflite(run, kind, images)
         target = os.path.join(folder, f"model_{kind}.tflite")
         fileio.write_atomic(target, data)
-        got = run_tflite(data, images)
+        got = run_tflite(data, images, run.head, run.num_classes)
         report[kind] = {
             "path": target,
             "bytes": len(data),

@@ -30,6 +30,7 @@ import tensorflow as tf
 from effdr_tf import constants, models
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import metrics
+from effdr_tf.models import heads
 from effdr_tf.pipeline import balance
 from effdr_tf.pipeline import input as pipeline
 from effdr_tf.training import checkpointing, distribute, options, recipes
@@ -72,6 +73,11 @@ def check_config(config, strategy) -> Setup:
     if not config.train.allow_double_correction:
         balance.check_single_correction(config.balance.target, config.train.class_weights)
     num_classes = int(config.model.num_classes or manifest["num_classes"])
+    if num_classes < 2:
+        raise EffdrError(f"{config.data.data_dir}: {num_classes} class; a grader needs 2 or more")
+    # Recorded in config.json: a regression head's single output does not say how many grades
+    # it reads.
+    config.model.num_classes = num_classes
     if config.train.class_weights and len(config.train.class_weights) != num_classes:
         raise EffdrError(f"train.class_weights: need {num_classes} values")
     global_batch = int(config.data.batch_size)
@@ -147,7 +153,7 @@ def build_model(config, setup: Setup, strategy=None) -> keras.Model:
     dropout = config.model.dropout_rate
     model = models.efficientnet(
         config.variant,
-        num_classes=setup.num_classes,
+        num_classes=heads.output_units(config.model.head, setup.num_classes),
         input_shape=(setup.image_size, setup.image_size, 3),
         weights=config.model.weights or None,
         normalization=config.model.normalization,
@@ -248,6 +254,8 @@ class Trainer:
             weight_decay=config.train.weight_decay,
             loss_scale=self.loss_scale,
             ema=self.ema,
+            head=config.model.head,
+            regression_loss=config.train.regression_loss,
         )
         self.iterator = self._make_iterator(config.seed)
         tracked = {
@@ -277,7 +285,14 @@ class Trainer:
         self.monitor = Monitor(model_dir, self.chief)
         self._train_fn = None
         self._open_groups = None
-        self.validation = Validation(config, self.model, strategy, image_size=s.image_size)
+        self.validation = Validation(
+            config,
+            self.model,
+            strategy,
+            image_size=s.image_size,
+            head=config.model.head,
+            num_classes=s.num_classes,
+        )
 
     def _make_iterator(self, seed: int):
         config = self.config.copy_and_resolve_references()

@@ -16,6 +16,9 @@ SCHEDULES = ("exponential", "step", "plateau", "constant")
 LR_SCALINGS = ("linear", "none")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 BEST_METRICS = ("kappa", "accuracy", "loss")
+# effdr_tf.models.heads, repeated here so that checking flags does not import Keras.
+HEADS = ("softmax", "regression", "ordinal")
+REGRESSION_LOSSES = ("mse", "smooth_l1")
 
 
 def _at_least(name: str, value, low) -> None:
@@ -58,6 +61,14 @@ def check(config) -> None:
     _at_least("train.log_every_steps", train.log_every_steps, 1)
     _at_least("train.weight_decay", train.weight_decay, 0)
     _fraction("train.label_smoothing", train.label_smoothing)
+    head = config.model.get("head", "softmax")
+    _choice("model.head", head, HEADS)
+    _choice("train.regression_loss", train.get("regression_loss", "mse"), REGRESSION_LOSSES)
+    if head != "softmax" and train.label_smoothing:
+        raise EffdrError(
+            f"train.label_smoothing={train.label_smoothing}: smooths softmax targets; the "
+            f"{head} head has none (set it to 0)"
+        )
     _fraction("train.ema_decay", train.ema_decay)
     if not (config.model.bn_momentum < 0 or 0 <= config.model.bn_momentum < 1):
         raise EffdrError(

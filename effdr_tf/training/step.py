@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from effdr_tf.errors import EffdrError
+from effdr_tf.models import heads
 from effdr_tf.training import recipes
 
 _SUM = tf.distribute.ReduceOp.SUM
@@ -213,8 +214,12 @@ class ReplicaStep:
         weight_decay: float = 0.0,
         loss_scale: LossScale | None = None,
         ema: EMA | None = None,
+        head: str = "softmax",
+        regression_loss: str = "mse",
     ):
         check_optimizer(optimizer)
+        self.head = heads.check(head)
+        self.regression_loss = regression_loss
         self.model = model
         self.optimizer = optimizer
         self.num_classes = int(num_classes)
@@ -229,7 +234,7 @@ class ReplicaStep:
         self.ema = ema
 
     def loss_and_gradients(self, images, labels):
-        """(loss, L2 term, logits, gradients) on this replica's share of the global batch.
+        """(loss, L2 term, head outputs, gradients) on this replica's share of the global batch.
 
         The loss is averaged over the global batch and the L2 term split across replicas, so
         summing over replicas gives the single-device values. Under float16 the gradients are
@@ -237,12 +242,21 @@ class ReplicaStep:
         """
         with tf.GradientTape() as tape:
             logits = tf.cast(self.model(images, training=True), tf.float32)
-            per_example = keras.losses.categorical_crossentropy(
-                tf.one_hot(labels, self.num_classes),
-                logits,
-                from_logits=True,
-                label_smoothing=self.label_smoothing,
-            )
+            if self.head == "softmax":
+                per_example = keras.losses.categorical_crossentropy(
+                    tf.one_hot(labels, self.num_classes),
+                    logits,
+                    from_logits=True,
+                    label_smoothing=self.label_smoothing,
+                )
+            else:
+                per_example = heads.per_example_loss(
+                    labels,
+                    logits,
+                    self.head,
+                    self.num_classes,
+                    regression_loss=self.regression_loss,
+                )
             if self.class_weights is not None:
                 per_example *= tf.gather(self.class_weights, labels)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
@@ -281,7 +295,9 @@ class ReplicaStep:
             _assign_per_device(self.loss_scale.good_steps, new_good)
         confusion = tf.math.confusion_matrix(
             labels,
-            tf.argmax(logits, -1, output_type=tf.int32),
+            tf.argmax(
+                heads.probabilities(logits, self.head, self.num_classes), -1, output_type=tf.int32
+            ),
             self.num_classes,
             dtype=tf.int64,
         )

@@ -9,14 +9,19 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from effdr_tf.models import heads
 from effdr_tf.pipeline import input as pipeline
 
 
 class Validation:
     """Scores splits with the model, under the strategy, on every worker."""
 
-    def __init__(self, config, model, strategy, *, image_size: int):
+    def __init__(
+        self, config, model, strategy, *, image_size: int, head="softmax", num_classes=None
+    ):
         self.config = config
+        self.head = head
+        self.num_classes = num_classes
         self.model = model
         self.strategy = strategy
         replicas = strategy.num_replicas_in_sync
@@ -44,7 +49,8 @@ class Validation:
 
     def _make_step(self):
         def forward(images, labels, mask):
-            probs = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
+            outputs = self.model(images, training=False)
+            probs = heads.probabilities(outputs, self.head, self.num_classes)
             return probs, labels, mask
 
         @tf.function

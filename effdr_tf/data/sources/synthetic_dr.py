@@ -1,10 +1,13 @@
 """``synthetic_dr``: the built-in semi-synthetic DR dataset (see ``effdr_tf.data.synthetic``).
 
-No data_dir: ``--data=synthetic_dr --num_images=N [--seed=S]``. Two eyes per patient; a fifth of
-the patients form the ``test`` split, the builder carves ``validation`` out of the rest.
+No data_dir: ``--data=synthetic_dr --num_images=N [--seed=S] [--synthetic_preset=hard]``. Two
+eyes per patient; a fifth of the patients form the ``test`` split, the builder carves
+``validation`` out of the rest. Under the ``hard`` preset some labels are a neighbouring grade
+of the findings drawn (``synthetic.PRESETS``), in every split, as a second grader's would be.
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -21,7 +24,17 @@ class SyntheticDR(base.Source):
     num_images: int = 1000
     seed: int = 0
     image_size: int = 224
+    preset: str = "standard"
     name = "synthetic_dr"
+
+    @property
+    def style(self) -> synthetic.Preset:
+        return synthetic.preset(self.preset)
+
+    @functools.cached_property
+    def _drawn(self) -> list[tuple[int, str, int]]:
+        """(patient, eye, grade drawn) per image index."""
+        return synthetic.assign_grades(self.num_images, self.seed)
 
     @property
     def work_size(self) -> int:
@@ -32,27 +45,36 @@ class SyntheticDR(base.Source):
     def check(self):
         if self.num_images < 2:
             raise EffdrError(f"--num_images={self.num_images}: need at least 2 images")
+        if self.preset not in synthetic.PRESETS:
+            raise EffdrError(
+                f"--synthetic_preset={self.preset}: choose one of {', '.join(synthetic.PRESETS)}"
+            )
 
     def describe(self):
         return {
             "name": self.name,
             "num_images": self.num_images,
             "seed": self.seed,
+            "preset": self.preset,
+            "label_noise": list(self.style.boundary_noise),
             "synthetic": True,
             "base_photograph": "skimage.data.retina() (CC0)",
         }
 
     def scan(self):
-        grades = synthetic.assign_grades(self.num_images, self.seed)
+        grades = self._drawn
+        labels = synthetic.noisy_labels(
+            [g for _, _, g in grades], self.seed, self.style.boundary_noise
+        )
         patients = sorted({p for p, _, _ in grades})
         rng = np.random.default_rng([self.seed, 11])
         n_test = int(round(TEST_PATIENT_FRACTION * len(patients)))
         test = set(rng.permutation(patients)[:n_test].tolist())
-        for index, (patient, eye, grade) in enumerate(grades):
+        for index, ((patient, eye, _), label) in enumerate(zip(grades, labels, strict=True)):
             image_id = f"{patient:05d}_{eye}"
             yield Record(
                 path=f"synthetic_dr/{index}",
-                label=grade,
+                label=label,
                 id=image_id,
                 patient_id=f"{patient:05d}",
                 eye=eye,
@@ -61,8 +83,9 @@ class SyntheticDR(base.Source):
 
     def _generate(self, record) -> tuple[np.ndarray, np.ndarray]:
         index = int(record.path.rsplit("/", 1)[1])
+        drawn = self._drawn[index][2]  # the findings; the label may be a neighbouring grade
         return synthetic.generate(
-            record.label, index, self.seed, size=self.work_size, eye=record.eye
+            drawn, index, self.seed, size=self.work_size, eye=record.eye, style=self.style
         )
 
     def load(self, record, min_side=None, max_pixels=None):

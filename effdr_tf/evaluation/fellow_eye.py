@@ -1,0 +1,108 @@
+"""A second stage that grades each photograph together with its fellow eye's outputs.
+
+The two eyes of a patient share the disease that causes DR, and their grades agree in most
+patients; the top Kaggle 2015 solutions used that (Ben Graham's random forest over both eyes'
+outputs, the o_O team's per-patient blend, De Fauw's network that merged both eyes). Here the
+first stage is any run (or ensemble); the second is a multinomial logistic regression on the log
+class probabilities of the image and of its fellow eye (the mean over that patient's images of
+the other eye), so it learns how much the fellow eye should move a grade.
+
+It is fitted on validation predictions only. Its figures on validation come from out-of-fold
+predictions (folds of patients, each scored by a stage fitted on the other folds); every other
+split is scored by the stage fitted on all of validation. Photographs without a fellow eye keep
+their single-image probabilities unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+FOLDS = 5
+# Inverse L2 strength of the logistic regression: validation sets are small (hundreds of
+# images), and 2K features of log probabilities need little freedom.
+REGULARIZATION_C = 1.0
+_EPS = 1e-6
+
+
+def fellow_probabilities(probabilities, patient_ids, eyes) -> tuple[np.ndarray, np.ndarray]:
+    """For each image, the mean probabilities of its patient's images of the other eye, and a
+    mask of the images that have one (patient id known, eye ``left`` or ``right``)."""
+    probabilities = np.asarray(probabilities, np.float64)
+    patients = np.asarray(patient_ids).astype(str)
+    eyes = np.asarray(eyes).astype(str)
+    fellow = np.zeros_like(probabilities)
+    has = np.zeros(len(patients), bool)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (patient, eye) in enumerate(zip(patients, eyes, strict=True)):
+        if patient and eye in ("left", "right"):
+            groups.setdefault((patient, eye), []).append(i)
+    for (patient, eye), rows in groups.items():
+        other = groups.get((patient, "left" if eye == "right" else "right"))
+        if other:
+            fellow[rows] = probabilities[other].mean(axis=0)
+            has[rows] = True
+    return fellow, has
+
+
+def _features(own, fellow) -> np.ndarray:
+    return np.concatenate([np.log(own + _EPS), np.log(fellow + _EPS)], axis=1)
+
+
+@dataclasses.dataclass
+class Stage:
+    """A fitted second stage; ``None`` model when validation could not fit one."""
+
+    num_classes: int
+    model: object | None
+    fitted_on: int  # validation images with a fellow eye
+
+    def apply(self, probabilities, patient_ids, eyes) -> np.ndarray:
+        """Second-stage probabilities; images without a fellow eye keep theirs."""
+        probabilities = np.asarray(probabilities, np.float64)
+        out = probabilities.copy()
+        if self.model is None:
+            return out
+        fellow, has = fellow_probabilities(probabilities, patient_ids, eyes)
+        if has.any():
+            scored = self.model.predict_proba(_features(probabilities[has], fellow[has]))
+            full = np.zeros((int(has.sum()), self.num_classes))
+            full[:, self.model.classes_] = scored  # grades absent from validation get 0
+            out[has] = full
+        return out
+
+
+def fit(probabilities, labels, patient_ids, eyes) -> Stage:
+    """The stage fitted on (validation) images that have a fellow eye."""
+    from sklearn.linear_model import LogisticRegression
+
+    probabilities = np.asarray(probabilities, np.float64)
+    labels = np.asarray(labels)
+    k = probabilities.shape[1]
+    fellow, has = fellow_probabilities(probabilities, patient_ids, eyes)
+    if has.sum() < 2 or len(np.unique(labels[has])) < 2:
+        return Stage(k, None, int(has.sum()))
+    model = LogisticRegression(C=REGULARIZATION_C, max_iter=2000)
+    model.fit(_features(probabilities[has], fellow[has]), labels[has])
+    return Stage(k, model, int(has.sum()))
+
+
+def out_of_fold(probabilities, labels, patient_ids, eyes, *, folds=FOLDS, seed=0) -> np.ndarray:
+    """Second-stage probabilities for every image of one split, each scored by a stage fitted
+    on the other folds of patients (never on its own patient)."""
+    patients = np.asarray(patient_ids).astype(str)
+    unique = np.unique(patients)
+    order = np.random.default_rng([seed, 17]).permutation(len(unique))
+    fold_of = dict(zip(unique[order], np.arange(len(unique)) % folds, strict=True))
+    fold = np.array([fold_of[p] for p in patients])
+    probabilities = np.asarray(probabilities, np.float64)
+    out = probabilities.copy()
+    labels = np.asarray(labels)
+    eyes = np.asarray(eyes).astype(str)
+    for f in range(folds):
+        held = fold == f
+        if held.any():
+            stage = fit(probabilities[~held], labels[~held], patients[~held], eyes[~held])
+            out[held] = stage.apply(probabilities[held], patients[held], eyes[held])
+    return out

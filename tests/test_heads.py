@@ -1,0 +1,133 @@
+"""Output heads: softmax, regression and ordinal (CORN) read as class probabilities, trained,
+evaluated and exported."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from effdr_tf.models import heads
+from effdr_tf.training import options
+from tests.test_pipeline import build_tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+K = 5
+
+
+def test_options_know_the_same_heads_as_the_models():
+    assert options.HEADS == heads.HEADS
+    assert options.REGRESSION_LOSSES == heads.REGRESSION_LOSSES
+
+
+def test_ordinal_probabilities_are_rank_consistent_and_sum_to_one():
+    rng = np.random.default_rng(0)
+    outputs = np.concatenate(
+        [rng.normal(0, 3, (500, K - 1)), rng.choice([-60.0, 60.0], (20, K - 1))]
+    ).astype(np.float32)
+    above = np.asarray(heads.exceedance(outputs))
+    assert np.all(np.diff(above, axis=1) <= 0)  # P(y > k) never rises with k
+    probs = np.asarray(heads.probabilities(outputs, "ordinal", K))
+    assert probs.shape == (520, K)
+    assert probs.min() >= 0
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    # P(y > k) read back from the class probabilities.
+    np.testing.assert_allclose(1 - np.cumsum(probs, 1)[:, :-1], above, atol=1e-6)
+
+
+def test_corn_loss_is_the_negative_log_likelihood_of_its_probabilities():
+    rng = np.random.default_rng(1)
+    outputs = rng.normal(0, 2, (200, K - 1)).astype(np.float32)
+    labels = rng.integers(0, K, 200)
+    loss = np.asarray(heads.per_example_loss(labels, outputs, "ordinal", K))
+    probs = np.asarray(heads.probabilities(outputs, "ordinal", K), np.float64)
+    np.testing.assert_allclose(loss, -np.log(probs[np.arange(200), labels]), rtol=1e-4)
+    # Large logits stay finite.
+    big = np.full((2, K - 1), 80.0, np.float32)
+    assert np.all(np.isfinite(heads.per_example_loss(np.array([0, 4]), big, "ordinal", K)))
+
+
+def test_regression_probabilities_round_the_grade_and_keep_its_order():
+    y = np.linspace(-1.5, 5.5, 701, dtype=np.float32)[:, None]
+    probs = np.asarray(heads.probabilities(y, "regression", K), np.float64)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    inside = np.abs(np.abs(y[:, 0] - np.round(y[:, 0])) - 0.5) > 1e-3  # not at ties, k + 0.5
+    np.testing.assert_array_equal(
+        probs.argmax(1)[inside], np.clip(np.round(y[:, 0]), 0, K - 1)[inside]
+    )
+    expected = probs @ np.arange(K)
+    referable = probs[:, 2:].sum(1)
+    assert np.all(np.diff(expected) > 0)
+    middle = (y[:, 0] > -1) & (y[:, 0] < 3.5)  # float32 keeps the order where it is not ~0 or 1
+    assert np.all(np.diff(referable[middle]) > 0)
+
+
+def test_regression_losses():
+    labels = np.array([0, 2, 4])
+    out = np.array([[0.5], [4.0], [4.0]], np.float32)
+    mse = np.asarray(heads.per_example_loss(labels, out, "regression", K))
+    huber = np.asarray(
+        heads.per_example_loss(labels, out, "regression", K, regression_loss="smooth_l1")
+    )
+    np.testing.assert_allclose(mse, [0.25, 4.0, 0.0])
+    np.testing.assert_allclose(huber, [0.125, 1.5, 0.0])
+
+
+def test_a_head_other_than_softmax_refuses_label_smoothing():
+    from configs import default
+
+    config = default.get_config("tiny")
+    config.model.head = "ordinal"
+    config.train.label_smoothing = 0.1
+    with pytest.raises(Exception, match="label_smoothing"):
+        options.check(config)
+    config.model.head = "hinge"
+    config.train.label_smoothing = 0.0
+    with pytest.raises(Exception, match="model.head='hinge'"):
+        options.check(config)
+
+
+@pytest.fixture(scope="module")
+def head_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heads")
+    counts = {"train": [16, 12, 12, 10, 10], "validation": [5, 4, 4, 3, 4]}
+    build_tiny(root / "data", counts, textured=True)
+    return root / "data"
+
+
+@pytest.mark.parametrize("head", ["regression", "ordinal"])
+def test_each_head_trains_evaluates_and_exports(head, head_data, tmp_path):
+    """A run records its head; evaluation reads it; the SavedModel and the TFLite file give the
+    Keras model's class probabilities."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    import tiny_config
+
+    from effdr_tf.evaluation import evaluate, scoring
+    from effdr_tf.serving import export
+    from effdr_tf.training import loop
+
+    config = tiny_config.get_config()
+    config.data.data_dir = str(head_data)
+    config.model.head = head
+    config.train.epochs = 1
+    config.train.export = True
+    if head == "regression":
+        config.train.regression_loss = "smooth_l1"
+    run_dir = tmp_path / "run"
+    loop.train(config, str(run_dir), progress=False)
+    recorded = json.loads((run_dir / "config.json").read_text())["model"]
+    assert (recorded["head"], recorded["num_classes"]) == (head, K)
+
+    run = scoring.load_run(str(run_dir))
+    assert (run.head, run.num_classes) == (head, K)
+    assert run.model.output_shape[-1] == heads.output_units(head, K)
+    result = evaluate.evaluate(
+        str(run_dir), splits=["validation"], out_dir=str(tmp_path / "eval"), bootstrap_rounds=0
+    )
+    scored = result["splits"]["validation"]
+    assert scored["count"] == 20 and -1 <= scored["kappa"] <= 1
+
+    report = export.export(str(run_dir), formats=["saved_model", "float32"], check_images=8)
+    assert report["saved_model"]["max_abs_diff"] <= 1e-5
+    assert report["float32"]["max_abs_diff"] <= 1e-4
