@@ -131,3 +131,22 @@ def test_each_head_trains_evaluates_and_exports(head, head_data, tmp_path):
     report = export.export(str(run_dir), formats=["saved_model", "float32"], check_images=8)
     assert report["saved_model"]["max_abs_diff"] <= 1e-5
     assert report["float32"]["max_abs_diff"] <= 1e-4
+
+
+def test_regression_head_starts_within_a_few_grades():
+    """Over fan-in the first outputs are about a grade wide; the reference's fan-out scaling
+    would put a single output tens of grades away."""
+    import keras
+
+    from effdr_tf.models import build_efficientnet
+
+    images = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
+    spread = {}
+    for name, init in (("ours", heads.kernel_initializer("regression")), ("reference", None)):
+        keras.utils.set_random_seed(0)
+        model = build_efficientnet(
+            "tiny", num_classes=1, input_shape=(32, 32, 3), classifier_initializer=init
+        )
+        spread[name] = float(np.sqrt(np.mean(np.square(model(images, training=False)))))
+    assert spread["ours"] < 2.0 and spread["reference"] > 4 * spread["ours"], spread
+    assert heads.kernel_initializer("softmax") is None

@@ -83,7 +83,7 @@ def fit(probabilities, labels, patient_ids, eyes) -> Stage:
     fellow, has = fellow_probabilities(probabilities, patient_ids, eyes)
     if has.sum() < 2 or len(np.unique(labels[has])) < 2:
         return Stage(k, None, int(has.sum()))
-    model = LogisticRegression(C=REGULARIZATION_C, max_iter=2000)
+    model = LogisticRegression(C=REGULARIZATION_C, max_iter=10000)
     model.fit(_features(probabilities[has], fellow[has]), labels[has])
     return Stage(k, model, int(has.sum()))
 

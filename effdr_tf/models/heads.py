@@ -33,6 +33,22 @@ REGRESSION_LOSSES = ("mse", "smooth_l1")
 REGRESSION_SIGMA = 0.5
 
 
+def kernel_initializer(head: str) -> dict | None:
+    """The classifier's initialiser: the reference's for softmax; over fan-in for the others.
+
+    The reference scales by fan-out, which for one output (regression) draws weights in
+    [-1, 1] over 1,280 features: first outputs tens of grades away from any label, and a
+    squared error that swamps the first epochs (measured: validation kappa 0.03 after two demo
+    epochs on the hard synthetic data). Over fan-in the first outputs are about one grade wide.
+    """
+    if check(head) == "softmax":
+        return None
+    return {
+        "class_name": "VarianceScaling",
+        "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"},
+    }
+
+
 def check(head: str) -> str:
     if head not in HEADS:
         raise ValueError(f"head {head!r}: choose one of {', '.join(HEADS)}")

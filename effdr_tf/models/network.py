@@ -348,6 +348,7 @@ def build_efficientnet(
     bn_epsilon: float = 1e-3,
     bn_synchronized: bool = False,
     classifier_activation: str | None = None,
+    classifier_initializer=None,
     name: str | None = None,
 ) -> keras.Model:
     """Builds an EfficientNet with freshly initialised weights.
@@ -368,6 +369,8 @@ def build_efficientnet(
         bn_synchronized: batch statistics over all replicas (cross-replica batch norm, as the
             reference's TPU training); only matters under a multi-replica strategy.
         classifier_activation: ``None`` returns logits; ``"softmax"`` probabilities.
+        classifier_initializer: the classifier's kernel initialiser; ``None`` takes the
+            reference's (variance scaling 1/3 over fan-out).
         name: model name; defaults to ``efficientnet-<variant>``.
 
     Returns:
@@ -425,7 +428,7 @@ def build_efficientnet(
         x = layers.Dense(
             num_classes,
             activation=classifier_activation,
-            kernel_initializer=DENSE_KERNEL_INITIALIZER,
+            kernel_initializer=classifier_initializer or DENSE_KERNEL_INITIALIZER,
             dtype="float32",
             name="predictions",
         )(x)

@@ -163,6 +163,7 @@ def build_model(config, setup: Setup, strategy=None) -> keras.Model:
         bn_momentum=recipes.bn_momentum(config.model.bn_momentum, setup.steps_per_epoch),
         bn_epsilon=config.model.bn_epsilon,
         bn_synchronized=distribute.sync_batch_norm(config.model.sync_batch_norm, strategy),
+        classifier_initializer=heads.kernel_initializer(config.model.head),
     )
     if config.train.freeze_bn:
         for layer in model.layers:
