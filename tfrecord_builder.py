@@ -32,6 +32,12 @@ _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Preprocessing p
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Validation patients carved from train.")
 _SEED = flags.DEFINE_integer("seed", 0, "Validation split, example order, synthetic images.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "--data=synthetic_dr: how many images.")
+_UNLABELLED = flags.DEFINE_enum(
+    "unlabelled",
+    "reject",
+    ["reject", "keep"],
+    "--data=csv: rows with an empty label are rejected, or kept as the unlabelled split.",
+)
 _SYNTHETIC_PRESET = flags.DEFINE_enum(
     "synthetic_preset",
     "standard",
@@ -79,6 +85,7 @@ def main(argv):
         seed=_SEED.value,
         image_size=size,
         preset=_SYNTHETIC_PRESET.value,
+        unlabelled=_UNLABELLED.value,
     )
     options = builder.BuildOptions(
         image_size=size or source.default_image_size,

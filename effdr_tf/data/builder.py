@@ -37,7 +37,7 @@ import numpy as np
 import effdr_tf
 from effdr_tf import constants, fileio
 from effdr_tf.data import fundus, splits
-from effdr_tf.data.schema import SPLITS, Record, Reject
+from effdr_tf.data.schema import SPLITS, UNKNOWN_LABEL, UNLABELLED, Record, Reject
 from effdr_tf.data.sources import Source
 from effdr_tf.errors import EffdrError
 
@@ -506,6 +506,16 @@ def build(
     items = list(source.scan())
     records = [r for r in items if isinstance(r, Record)]
     rejects = [r for r in items if isinstance(r, Reject)]
+    # Grades and the unlabelled split go together: a photograph without a grade anywhere else
+    # would be trained on as class -1.
+    misplaced = [r for r in records if (r.label == UNKNOWN_LABEL) != (r.split == UNLABELLED)]
+    if misplaced:
+        records = [r for r in records if r not in set(misplaced)]
+        rejects += [
+            Reject(r.path, f"label {r.label} in split {r.split!r}: only the {UNLABELLED!r} "
+                   "split holds photographs without a grade")
+            for r in misplaced
+        ]  # fmt: skip
     records, duplicates = drop_duplicates(records)
     rejects += duplicates
     if options.val_fraction > 0 and not any(r.split == "validation" for r in records):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-# Split names (DESIGN.md): Kaggle 2015 adds public_test and private_test.
-SPLITS = ("train", "validation", "test", "public_test", "private_test")
+# Split names (DESIGN.md): Kaggle 2015 adds public_test and private_test; ``unlabelled`` holds
+# photographs without a grade (label -1), for self-training, and only those.
+UNLABELLED = "unlabelled"
+SPLITS = ("train", "validation", "test", "public_test", "private_test", UNLABELLED)
 UNKNOWN_LABEL = -1
 EYES = ("left", "right", "")
 

@@ -17,6 +17,7 @@ import time
 import tensorflow as tf
 
 from effdr_tf import constants, fileio
+from effdr_tf.data.schema import UNLABELLED
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import clinical, fellow_eye, metrics, plots, report, scoring
 from effdr_tf.evaluation import thresholds as grade_thresholds
@@ -125,6 +126,10 @@ def evaluate(
     probabilities are averaged; everything fitted on validation is fitted on the ensemble's
     output. ``fellow``: also score the fellow-eye second stage (``fellow_eye``).
     """
+    if UNLABELLED in splits:
+        raise EffdrError(
+            f"--split={UNLABELLED}: those photographs have no grades to measure against"
+        )
     runs = scoring.load_runs(model_dir)
     run = runs[0]
     model_dir = ",".join(r.model_dir for r in runs)

@@ -2,9 +2,12 @@
 
     DIR/train.csv             id_code,diagnosis
     DIR/train_images/{id_code}.png
+    DIR/test.csv              id_code            (optional)
+    DIR/test_images/{id_code}.png
 
-Only the labelled training images are written (the competition's test labels were never
-published); patients are unknown, so each image is its own group.
+The training images are the ``train`` split. The competition's test labels were never
+published: its test images, where present, are the ``unlabelled`` split (for self-training).
+Patients are unknown, so each image is its own group.
 """
 
 import os
@@ -19,21 +22,40 @@ class Aptos2019(base.Source):
         super().check()
         base.require_file(os.path.join(self.data_dir, "train.csv"))
 
+    def _files(self, folder: str):
+        files = {}
+        if os.path.isdir(folder):
+            found, rejects = base.list_files(folder, self.data_dir)
+            files, twins = base.index_files(found, base.stem)
+            yield from rejects + twins
+        return files
+
     def scan(self):
         labels = os.path.join(self.data_dir, "train.csv")
         rows = base.read_csv(labels, ("id_code", "diagnosis"))
         rows, empty = base.unnamed(labels, rows, "id_code")
         yield from empty
         folder = os.path.join(self.data_dir, "train_images")
-        files = {}
-        if os.path.isdir(folder):
-            found, rejects = base.list_files(folder, self.data_dir)
-            files, twins = base.index_files(found, base.stem)
-            yield from rejects + twins
+        files = yield from self._files(folder)
         yield from base.join_labels(
             [(r["id_code"], r["diagnosis"], {"split": "train"}) for r in rows],
             files,
             self.num_classes,
             missing_path=lambda key: os.path.join(folder, f"{key}.png"),
             unlabelled_reason="no label in train.csv",
+        )
+        listing = os.path.join(self.data_dir, "test.csv")
+        if not os.path.exists(listing):
+            return
+        rows = base.read_csv(listing, ("id_code",))
+        rows, empty = base.unnamed(listing, rows, "id_code")
+        yield from empty
+        test_folder = os.path.join(self.data_dir, "test_images")
+        files = yield from self._files(test_folder)
+        yield from base.join_labels(
+            [(r["id_code"], None, {}) for r in rows],
+            files,
+            self.num_classes,
+            missing_path=lambda key: os.path.join(test_folder, f"{key}.png"),
+            unlabelled_reason="not listed in test.csv",
         )

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from effdr_tf.data import fundus
-from effdr_tf.data.schema import Record, Reject
+from effdr_tf.data.schema import UNKNOWN_LABEL, UNLABELLED, Record, Reject
 from effdr_tf.errors import EffdrError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp")
@@ -255,7 +255,8 @@ def join_labels(
     """Pairs label rows with image files, accounting for both sides.
 
     Args:
-        entries: (key, label text, Record fields) per label row; key matches ``files``.
+        entries: (key, label text, Record fields) per label row; key matches ``files``. A
+            label text of None is an ungraded photograph: label -1 in the ``unlabelled`` split.
         files: key -> image path for every file found.
         num_classes: labels must lie in 0..num_classes-1.
         missing_path: key -> the path to report when a row's file does not exist.
@@ -267,6 +268,10 @@ def join_labels(
         path = files.get(key)
         if path is None:
             yield Reject(missing_path(key), "file not found")
+            continue
+        if label_text is None:
+            fields = {**fields, "split": UNLABELLED}
+            yield Record(path=path, label=UNKNOWN_LABEL, **{"id": key, **fields})
             continue
         label = parse_label(label_text, num_classes)
         if isinstance(label, str):

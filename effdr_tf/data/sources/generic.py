@@ -2,21 +2,27 @@
 
 ``csv``: ``--data=csv --data_dir=DIR [--labels=FILE]`` reads FILE (default ``DIR/labels.csv``)
 with columns ``path,label`` and optional ``patient_id,eye,split``; paths are relative to DIR
-and may not leave it. Without a split column everything is ``train``.
+and may not leave it. Without a split column everything is ``train``. A row with an empty label
+is rejected ("missing label"), or with ``--unlabelled=keep`` written to the ``unlabelled`` split.
 
-``folder``: ``DIR/<grade>/**`` with one folder per grade (0-4).
+``folder``: ``DIR/<grade>/**`` with one folder per grade (0-4); ``DIR/unlabelled/**`` holds
+ungraded photographs (the ``unlabelled`` split).
 """
 
 import dataclasses
 import os
 
-from effdr_tf.data.schema import SPLITS, Record, Reject
+from effdr_tf.data.schema import SPLITS, UNKNOWN_LABEL, UNLABELLED, Record, Reject
 from effdr_tf.data.sources import base
+from effdr_tf.errors import EffdrError
+
+UNLABELLED_ROWS = ("reject", "keep")
 
 
 @dataclasses.dataclass
 class CsvLabels(base.Source):
     labels: str = ""
+    unlabelled: str = "reject"  # rows without a label: "reject" or "keep" (unlabelled split)
     name = "csv"
 
     @property
@@ -26,6 +32,10 @@ class CsvLabels(base.Source):
     def check(self):
         super().check()
         base.require_file(self.labels_file)
+        if self.unlabelled not in UNLABELLED_ROWS:
+            raise EffdrError(
+                f"--unlabelled={self.unlabelled}: choose one of {', '.join(UNLABELLED_ROWS)}"
+            )
 
     def describe(self):
         return {**super().describe(), "labels": os.path.abspath(self.labels_file)}
@@ -43,11 +53,17 @@ class CsvLabels(base.Source):
             if not os.path.isfile(path):
                 yield Reject(path, "file not found")
                 continue
-            label = base.parse_label(row["label"], self.num_classes)
-            split = row.get("split") or "train"
+            ungraded = not (row["label"] or "").strip()
+            if ungraded and self.unlabelled == "keep":
+                label, split = UNKNOWN_LABEL, UNLABELLED
+            else:
+                label = base.parse_label(row["label"], self.num_classes)
+                split = row.get("split") or "train"
             eye = (row.get("eye") or "").lower()
             if isinstance(label, str):
                 yield Reject(path, label)
+            elif split == UNLABELLED and not ungraded:
+                yield Reject(path, f"split {UNLABELLED!r} is for rows without a label")
             elif split not in SPLITS:
                 yield Reject(path, f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
             elif eye not in ("left", "right", ""):
@@ -74,6 +90,9 @@ class GradeFolders(base.Source):
             top = relative.split(os.sep)[0]
             if top == relative:
                 yield Reject(path, "not inside a grade folder")
+                continue
+            if top == UNLABELLED:
+                yield Record(path=path, label=UNKNOWN_LABEL, id=relative, split=UNLABELLED)
                 continue
             label = base.parse_label(top, self.num_classes)
             if isinstance(label, str):

@@ -6,7 +6,8 @@
     DIR/test/{patient}_{left|right}.jpeg
 
 Test images go to ``public_test`` or ``private_test`` by Usage; there is no validation split
-(the builder carves one out of train by patient).
+(the builder carves one out of train by patient). Without the solution file the test images
+are the ``unlabelled`` split (for self-training).
 """
 
 import os
@@ -54,8 +55,12 @@ class KaggleDR(base.Source):
         entries = [(r["image"], r["level"], _fields(r["image"], "train")) for r in rows]
         solution = os.path.join(self.data_dir, "retinopathy_solution.csv")
         has_test = os.path.exists(solution)
-        files, rejects = self._files("train", *(["test"] if has_test else []))
+        files, rejects = self._files("train", "test")
         yield from rejects
+        if not has_test:
+            graded = {key for key, _, _ in entries}
+            test_keys = set(self._files("test")[0])
+            entries += [(key, None, _fields(key, "")) for key in sorted(test_keys - graded)]
         if has_test:
             rows = base.read_csv(solution, ("image", "level", "Usage"))
             rows, empty = base.unnamed(solution, rows, "image")
