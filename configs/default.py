@@ -75,6 +75,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # per-replica BN (benchmarks/distributed_step.py).
     config.model.sync_batch_norm = ml_collections.config_dict.placeholder(bool)
 
+    # Self-training (a Noisy Student student): pseudo-labelled shards written by
+    # effdr_tf.selftrain.pseudo_labels, mixed into every training batch.
+    config.selftrain = ml_collections.ConfigDict()
+    config.selftrain.pseudo_dir = ""  # "": off
+    config.selftrain.pseudo_fraction = 0.5  # expected share of each batch from pseudo_dir
+    config.selftrain.soft = True  # softmax head: cross-entropy against the teacher's probabilities
+
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 10
     config.train.steps_per_epoch = 0  # 0: training examples // global batch

@@ -36,3 +36,5 @@ FEATURE_ID = "image/id"
 FEATURE_PATIENT_ID = "image/patient_id"
 FEATURE_EYE = "image/eye"
 FEATURE_SOURCE = "image/source"
+# Pseudo-labelled records only: the teacher's class probabilities (the soft label).
+FEATURE_SOFT_LABEL = "image/class/probabilities"

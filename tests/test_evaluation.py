@@ -4,7 +4,6 @@ import csv
 import html.parser
 import json
 import os
-import sys
 
 import cv2
 import ml_collections
@@ -23,10 +22,10 @@ from effdr_tf.evaluation import (
     scoring,
     thresholds,
 )
-from effdr_tf.training import loop
 from tests import browser
-from tests.conftest import REPO, run_command
+from tests.conftest import run_command
 from tests.test_pipeline import build_tiny
+from tests.tiny_config import train_exported
 
 K = 5
 
@@ -203,14 +202,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
     counts = {"train": [24, 16, 16, 12, 12], "validation": [6, 4, 4, 4, 4], "test": [5, 4, 4, 3, 4]}
     build_tiny(root / "data", counts, textured=True)
-    sys.path.insert(0, str(REPO / "tests"))
-    import tiny_config
-
-    config = tiny_config.get_config()
-    config.data.data_dir = str(root / "data")
-    config.train.epochs = 1
-    config.train.export = True
-    loop.train(config, str(root / "run"), progress=False)
+    train_exported(root / "data", root / "run")
     return root
 
 

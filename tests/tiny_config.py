@@ -19,3 +19,18 @@ def get_config(arg=None):
     config.train.log_every_steps = 1
     config.train.export = False
     return config
+
+
+def train_exported(data_dir, run_dir, **model):
+    """Trains this config for one epoch on ``data_dir`` into ``run_dir`` and exports it;
+    ``model`` overrides ``config.model`` keys. Returns the config."""
+    from effdr_tf.training import loop
+
+    config = get_config()
+    config.data.data_dir = str(data_dir)
+    config.train.epochs = 1
+    config.train.export = True
+    for key, value in model.items():
+        config.model[key] = value
+    loop.train(config, str(run_dir), progress=False)
+    return config

@@ -9,7 +9,8 @@ CHECKs:
   equivalence  mixed_float16, EMA: 2 replicas vs 1 replica on the same global batches.
   equivalence32  the same in float32.
   jit          jit_compile=True on 2 CPU replicas (refused with one line).
-  heads        equivalence (mixed_float16) for the regression and ordinal heads.
+  heads        equivalence (mixed_float16) for the regression and ordinal heads, and for
+               softmax on soft targets (a self-training student).
 """
 
 import hashlib
@@ -53,10 +54,12 @@ def make_config(**train):
     return config
 
 
-def fixed_batches(strategy, steps):
+def fixed_batches(strategy, steps, soft=False):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (steps * BATCH, 32, 32, 3)).astype("float32")
     labels = rng.integers(0, 5, steps * BATCH).astype("int32")
+    if soft:  # a student's targets: teacher probabilities
+        labels = rng.dirichlet(np.ones(5), steps * BATCH).astype("float32")
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH)
     return iter(strategy.experimental_distribute_dataset(ds))
 
@@ -167,17 +170,19 @@ def check_overflow(out):
     }
 
 
-def check_equivalence(out, steps=4, policy="mixed_float16", head="softmax", lr=0.05, scale=None):
+def check_equivalence(
+    out, steps=4, policy="mixed_float16", head="softmax", lr=0.05, scale=None, soft=False
+):
     # SGD: the update is linear in the gradient, so update differences measure gradient
     # differences (Adam's first steps are about lr * sign(g), which turns float16 noise in
     # near-zero gradients into whole-lr differences).
     config = make_config(optimizer="sgd", learning_rate=lr, mixed_precision=policy)
     config.model.head = head
-    one = trainer_for(tf.distribute.get_strategy(), f"one_{policy}_{head}", config=config)
+    one = trainer_for(tf.distribute.get_strategy(), f"one_{policy}_{head}{soft}", config=config)
     start = one.model.get_weights()
     two = trainer_for(
         two_replicas(),
-        f"two_{policy}_{head}",
+        f"two_{policy}_{head}{soft}",
         config=config,
         weights=start,
     )
@@ -185,7 +190,7 @@ def check_equivalence(out, steps=4, policy="mixed_float16", head="softmax", lr=0
     for name, trainer in (("one", one), ("two", two)):
         if scale is not None:
             trainer.loss_scale.scale.assign(scale)
-        trainer.iterator = fixed_batches(trainer.strategy, steps)
+        trainer.iterator = fixed_batches(trainer.strategy, steps, soft)
         t0 = time.perf_counter()
         losses, skipped = [], 0
         for _ in range(steps):
@@ -227,7 +232,7 @@ def check_equivalence(out, steps=4, policy="mixed_float16", head="softmax", lr=0
     ema_one = np.concatenate([x.ravel() for x in results["one"]["ema"]])
     ema_two = np.concatenate([x.ravel() for x in results["two"]["ema"]])
     key = "equivalence" if policy == "mixed_float16" else "equivalence32"
-    out[key if head == "softmax" else f"{key}_{head}"] = {
+    out[key + ("" if head == "softmax" else f"_{head}") + ("_soft" if soft else "")] = {
         "ema_update_relative": float(
             np.linalg.norm(ema_one - ema_two) / np.linalg.norm(ema_one - ema_start)
         ),
@@ -258,8 +263,12 @@ CHECK_FUNCTIONS = {
     # A loss scale these heads' losses do not overflow at, so that every step trains, and
     # rates at which they do not diverge (squared error on unbounded outputs needs a small one).
     "heads": lambda out: [
-        check_equivalence(out, steps=3, head=head, lr=lr, scale=64.0)
-        for head, lr in (("regression", 1e-4), ("ordinal", 0.003))
+        check_equivalence(out, steps=3, head=head, lr=lr, scale=64.0, soft=soft)
+        for head, lr, soft in (
+            ("regression", 1e-4, False),
+            ("ordinal", 0.003, False),
+            ("softmax", 0.01, True),
+        )  # fmt: skip
     ],
 }
 results = {}

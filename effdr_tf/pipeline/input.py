@@ -342,7 +342,10 @@ def make_dataset(
             "eye"})``.
 
     Returns:
-        Batches of ``(images float32 [B, S, S, 3], labels int32 [B])``.
+        Batches of ``(images float32 [B, S, S, 3], labels int32 [B])``; for training with
+        ``selftrain.pseudo_dir`` set, ``(images, targets float32 [B, K])``: one-hot grades of
+        the labelled images and the teacher's probabilities (or their one-hot argmax) of the
+        pseudo-labelled ones, mixed at ``selftrain.pseudo_fraction``.
     """
     training = split == "train" if training is None else training
     data_dir = config.data.data_dir
@@ -382,6 +385,12 @@ def make_dataset(
         shares = balance.schedule(start, end, config.balance.transition_examples)
         streams = class_streams(shards, num_classes, input_context, config, seed)
         records = balance.mix(streams, shares, seed)
+        pseudo = _pseudo_labelled(config, num_classes, input_context, seed)
+        if pseudo is not None:
+            f = float(config.selftrain.pseudo_fraction)
+            records = tf.data.Dataset.sample_from_datasets(
+                [records, pseudo], weights=[1.0 - f, f], seed=seed + 3
+            )
         if config.data.skip_corrupt:
             records = records.ignore_errors(log_warning=True)
         records = records.shuffle(config.data.shuffle_buffer, seed=seed)
@@ -389,6 +398,22 @@ def make_dataset(
         augmenter = _augmenter(config)
         crop = _train_crop(config)
         flip = tf.constant(bool(config.data.horizontal_flip))
+
+        soft_spec = {
+            constants.FEATURE_SOFT_LABEL: tf.io.FixedLenFeature(
+                [num_classes], tf.float32, default_value=[-1.0] * num_classes
+            )
+        }
+        soft = bool(config.get("selftrain", {}).get("soft", True))
+        soft = soft and config.model.get("head", "softmax") == "softmax"
+
+        def target(record, label):
+            """One-hot grade, or the teacher's probabilities on a pseudo-labelled record."""
+            teacher = tf.io.parse_single_example(record, soft_spec)[constants.FEATURE_SOFT_LABEL]
+            hard = tf.one_hot(label, num_classes)
+            if not soft:
+                return hard
+            return tf.where(teacher[0] < 0, hard, teacher)
 
         def prepare(record, example_seed):
             example = parse(record)
@@ -401,7 +426,10 @@ def make_dataset(
                 augmenter=augmenter,
                 normalization=normalization,
             )
-            return image, tf.cast(example[constants.FEATURE_LABEL], tf.int32)
+            label = tf.cast(example[constants.FEATURE_LABEL], tf.int32)
+            if pseudo is not None:
+                return image, target(record, label)
+            return image, label
 
         ds = tf.data.Dataset.zip((records, seeds)).map(
             prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=config.data.deterministic
@@ -439,6 +467,31 @@ def make_dataset(
         ds = records.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size, drop_remainder=False)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config.data.deterministic))
+
+
+def _pseudo_labelled(config, num_classes: int, input_context, seed: int):
+    """The endless record stream of ``selftrain.pseudo_dir``'s train split, or None."""
+    selftrain = config.get("selftrain")
+    if selftrain is None or not selftrain.pseudo_dir:
+        return None
+    manifest = load_manifest(selftrain.pseudo_dir)
+    if int(manifest["num_classes"]) != num_classes:
+        raise EffdrError(
+            f"{selftrain.pseudo_dir}: {manifest['num_classes']} classes, the labelled data "
+            f"{num_classes}"
+        )
+    shards = split_shards(selftrain.pseudo_dir, "train", config.data.verify_shards, manifest)
+    paths, shard_records = _for_this_host([s["path"] for s in shards], input_context)
+    records = record_stream(
+        paths,
+        cycle=int(config.data.interleave_cycle),
+        deterministic=bool(config.data.deterministic),
+        repeat_shuffled_seed=seed + 1,
+        shard=(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if shard_records
+        else None,
+    )
+    return records.shuffle(config.data.shuffle_buffer, seed=seed + 2)
 
 
 def split_size(data_dir: str, split: str) -> int:

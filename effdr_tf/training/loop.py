@@ -94,6 +94,12 @@ def check_config(config, strategy) -> Setup:
             global_batch, replicas, global_batch // replicas, MIN_PER_REPLICA_BATCH,
         )  # fmt: skip
     train_count = int(manifest["splits"]["train"]["count"])
+    selftrain = config.get("selftrain")
+    if selftrain is not None and selftrain.pseudo_dir:
+        pipeline.load_manifest(selftrain.pseudo_dir)  # a missing folder fails here, not later
+        # An epoch still reads the labelled images once; the pseudo-labelled ones fill the
+        # rest of each batch.
+        train_count = int(round(train_count / (1.0 - selftrain.pseudo_fraction)))
     spe = recipes.steps_per_epoch(train_count, global_batch, config.train.steps_per_epoch)
     return Setup(
         num_classes=num_classes,

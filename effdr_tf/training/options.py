@@ -75,6 +75,10 @@ def check(config) -> None:
             f"model.bn_momentum={config.model.bn_momentum}: must be in [0, 1), or negative "
             "for auto (by steps per epoch)"
         )
+    selftrain = config.get("selftrain")
+    fraction = selftrain.pseudo_fraction if selftrain is not None else 0.5
+    if selftrain is not None and selftrain.pseudo_dir and not 0.0 < fraction < 1.0:
+        raise EffdrError(f"selftrain.pseudo_fraction={fraction}: must be in (0, 1)")
     _at_least("augment.num_layers", augment.num_layers, 0)
     if not 0.0 <= augment.magnitude <= augment.max_magnitude:
         raise EffdrError(

@@ -240,11 +240,16 @@ class ReplicaStep:
         summing over replicas gives the single-device values. Under float16 the gradients are
         those of the scaled loss.
         """
+        # Integer grades [B], or targets [B, K] (a self-training student's batches: one-hot
+        # grades and the teacher's probabilities); other heads read a target's argmax.
+        targets = labels if labels.shape.rank == 2 else None
+        if targets is not None:
+            labels = tf.argmax(targets, -1, output_type=tf.int32)
         with tf.GradientTape() as tape:
             logits = tf.cast(self.model(images, training=True), tf.float32)
             if self.head == "softmax":
                 per_example = keras.losses.categorical_crossentropy(
-                    tf.one_hot(labels, self.num_classes),
+                    tf.one_hot(labels, self.num_classes) if targets is None else targets,
                     logits,
                     from_logits=True,
                     label_smoothing=self.label_smoothing,
@@ -270,6 +275,8 @@ class ReplicaStep:
     def __call__(self, images, labels, step):
         """Returns (loss, L2 term, confusion matrix, 1 if the update was applied else 0)."""
         loss, reg, logits, gradients = self.loss_and_gradients(images, labels)
+        if labels.shape.rank == 2:
+            labels = tf.argmax(labels, -1, output_type=tf.int32)
         variables = self.model.trainable_variables
         kept = [i for i, g in enumerate(gradients) if g is not None]
         grads = [gradients[i] for i in kept]
