@@ -2,6 +2,7 @@
 hold the teacher's probabilities exactly."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -187,3 +188,49 @@ def test_a_student_trains_on_labelled_and_pseudo_labelled_batches(teacher, tmp_p
     summary = loop.train(config, str(tmp_path / "student"), progress=False)
     # An epoch reads the 72 labelled images once: 72 / (1 - 0.5) / 8 = 18 steps.
     assert summary["step"] == 18
+
+
+def test_rounds_resume_where_they_stopped(teacher, tmp_path, monkeypatch):
+    from effdr_tf.selftrain import rounds
+    from effdr_tf.training import loop
+
+    config = tiny_train_config()
+    config.data.data_dir = str(teacher / "data")
+    config.train.epochs = 1
+    work = tmp_path / "work"
+    table = rounds.self_train(config, str(teacher / "run"), str(work), rounds=1, progress=False)
+    assert [row["round"] for row in table] == [0, 1]
+    assert table[1]["teacher"] == str(teacher / "run") and table[1]["pseudo_labelled"] == 24
+    assert -1 <= table[1]["kappa"] <= 1 and (work / "round1" / "done.json").exists()
+
+    trained = []
+    real_train = loop.train
+    monkeypatch.setattr(
+        loop, "train", lambda c, d, **kw: trained.append(d) or real_train(c, d, **kw)
+    )
+    # Killed after round 2's pseudo-labels, before its student finished: rerun continues
+    # there, taught by round 1's student.
+    pseudo_labels.write(
+        str(work / "round1" / "student"), str(teacher / "data"), str(work / "round2" / "pseudo")
+    )
+    written = (work / "round2" / "pseudo" / "manifest.json").stat().st_mtime_ns
+    table = rounds.self_train(config, str(teacher / "run"), str(work), rounds=2, progress=False)
+    assert trained == [str(work / "round2" / "student")]
+    assert (work / "round2" / "pseudo" / "manifest.json").stat().st_mtime_ns == written
+    assert [row["round"] for row in table] == [0, 1, 2]
+    assert table[2]["teacher"] == str(work / "round1" / "student")
+    saved = json.loads((work / "rounds.json").read_text())
+    assert [row["kappa"] for row in saved] == [row["kappa"] for row in table]
+
+
+def test_self_train_command_checks_its_flags_before_tensorflow(tmp_path):
+    from tests.test_command_lines import one_error_line, run_without_tensorflow
+
+    for flag, message in (
+        ("--rounds=0", "--rounds must be at least 1"),
+        ("--config.selftrain.pseudo_fraction=1.5", "selftrain.pseudo_fraction=1.5: must be in"),
+    ):
+        result = run_without_tensorflow(
+            "self_train.py", "--teacher=x", f"--work_dir={tmp_path}", flag
+        )
+        one_error_line(result, message)

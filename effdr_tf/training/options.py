@@ -77,7 +77,7 @@ def check(config) -> None:
         )
     selftrain = config.get("selftrain")
     fraction = selftrain.pseudo_fraction if selftrain is not None else 0.5
-    if selftrain is not None and selftrain.pseudo_dir and not 0.0 < fraction < 1.0:
+    if not 0.0 < fraction < 1.0:
         raise EffdrError(f"selftrain.pseudo_fraction={fraction}: must be in (0, 1)")
     _at_least("augment.num_layers", augment.num_layers, 0)
     if not 0.0 <= augment.magnitude <= augment.max_magnitude:
