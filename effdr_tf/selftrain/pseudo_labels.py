@@ -70,12 +70,15 @@ def _example(original: bytes, probabilities: np.ndarray, soft: bool) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def _records_by_id(data_dir: str, split: str, manifest: dict) -> dict[str, bytes]:
+def _records_by_id(data_dir: str, split: str, manifest: dict, wanted=None) -> dict[str, bytes]:
+    """The serialized records of ``split`` by id; only the ``wanted`` ids when given, so a
+    large unlabelled split is not held in memory for the few images kept."""
     shards = pipeline.split_shards(data_dir, split, "size", manifest)
     out = {}
     for record in tf.data.TFRecordDataset([s["path"] for s in shards]):
         image_id = pipeline.parse(record)[constants.FEATURE_ID].numpy().decode()
-        out[image_id] = record.numpy()
+        if wanted is None or image_id in wanted:
+            out[image_id] = record.numpy()
     return out
 
 
@@ -114,7 +117,7 @@ def write(
     scored = scoring.score_split_ensemble(runs, data_dir, split, tta=tta)
     probabilities = scored["probabilities"].astype(np.float32)
     chosen = select(probabilities, threshold=threshold, per_class=per_class, seed=seed)
-    originals = _records_by_id(data_dir, split, source)
+    originals = _records_by_id(data_dir, split, source, {scored["ids"][i] for i in chosen})
     k = probabilities.shape[1]
     by_grade = collections.defaultdict(list)
     for i in chosen:
