@@ -30,6 +30,11 @@ _PREPROCESS = flags.DEFINE_enum(
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "Shards of the largest split.")
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Preprocessing processes.")
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Validation patients carved from train.")
+_WITHHOLD_LABELS = flags.DEFINE_float(
+    "withhold_labels",
+    0.0,
+    "Training patients written to the unlabelled split without their grades (few-label studies).",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Validation split, example order, synthetic images.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "--data=synthetic_dr: how many images.")
 _UNLABELLED = flags.DEFINE_enum(
@@ -63,6 +68,7 @@ for _flag, _check, _message in (
     (_NUM_IMAGES, lambda v: v >= 1, "must be at least 1"),
     (_JPEG_QUALITY, lambda v: 1 <= v <= 100, "must be between 1 and 100"),
     (_VAL_FRACTION, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    (_WITHHOLD_LABELS, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     (_MAX_MEGAPIXELS, lambda v: v > 0, "must be above 0"),
 ):
     flags.register_validator(_flag.name, _check, message=f"--{_flag.name} {_message}")
@@ -92,6 +98,7 @@ def main(argv):
         preprocess=_PREPROCESS.value or source.default_preprocess,
         num_shards=_NUM_SHARDS.value,
         val_fraction=_VAL_FRACTION.value,
+        withhold_labels=_WITHHOLD_LABELS.value,
         seed=_SEED.value,
         image_format=_IMAGE_FORMAT.value,
         jpeg_quality=_JPEG_QUALITY.value,

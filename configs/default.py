@@ -81,6 +81,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.selftrain.pseudo_dir = ""  # "": off
     config.selftrain.pseudo_fraction = 0.5  # expected share of each batch from pseudo_dir
     config.selftrain.soft = True  # softmax head: cross-entropy against the teacher's probabilities
+    # The student's noise in self_train.py: "recipe" keeps this config's dropout, stochastic
+    # depth and RandAugment; "paper" sets Noisy Student's (Xie et al. 2020, sec. 3: dropout 0.5
+    # on the final layer, stochastic depth survival 0.8 at the last block, RandAugment N=2) and
+    # keeps the recipe's magnitude (see effdr_tf/selftrain/rounds.py PAPER_NOISE).
+    config.selftrain.noise = "recipe"
 
     config.train = ml_collections.ConfigDict()
     config.train.epochs = 10

@@ -170,6 +170,7 @@ def test_missing_inputs_exit_2_with_one_line(tmp_path):
         ("--num_images=0", "--num_images must be at least 1"),
         ("--jpeg_quality=101", "--jpeg_quality must be between 1 and 100"),
         ("--val_fraction=1.5", "--val_fraction must be in [0, 1)"),
+        ("--withhold_labels=1", "--withhold_labels must be in [0, 1)"),
         ("--max_megapixels=0", "--max_megapixels must be above 0"),
         ("--max_megapixels=nan", "--max_megapixels must be above 0"),
         ("--data=no_such_layout", "value should be one of"),

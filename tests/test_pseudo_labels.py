@@ -197,11 +197,16 @@ def test_rounds_resume_where_they_stopped(teacher, tmp_path, monkeypatch):
     config = tiny_train_config()
     config.data.data_dir = str(teacher / "data")
     config.train.epochs = 1
+    config.selftrain.noise = "paper"
+    config.augment.num_layers = 1
     work = tmp_path / "work"
     table = rounds.self_train(config, str(teacher / "run"), str(work), rounds=1, progress=False)
     assert [row["round"] for row in table] == [0, 1]
     assert table[1]["teacher"] == str(teacher / "run") and table[1]["pseudo_labelled"] == 24
     assert -1 <= table[1]["kappa"] <= 1 and (work / "round1" / "done.json").exists()
+    student = json.loads((work / "round1" / "student" / "config.json").read_text())
+    assert (student["model"]["dropout_rate"], student["model"]["drop_connect_rate"]) == (0.5, 0.2)
+    assert student["augment"]["num_layers"] == 2 and config.augment.num_layers == 1
 
     trained = []
     real_train = loop.train
@@ -221,6 +226,16 @@ def test_rounds_resume_where_they_stopped(teacher, tmp_path, monkeypatch):
     assert table[2]["teacher"] == str(work / "round1" / "student")
     saved = json.loads((work / "rounds.json").read_text())
     assert [row["kappa"] for row in saved] == [row["kappa"] for row in table]
+    # TensorBoard: one validation kappa per model, step = round, once each after the resume.
+    points = [
+        (event.step, tf.make_ndarray(v.tensor).item())
+        for path in sorted((work / "summary").glob("events.out.tfevents.*"))
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for v in event.summary.value
+        if v.tag == "self_training/validation_kappa"
+    ]
+    assert [step for step, _ in points] == [row["round"] for row in table]
+    assert [k for _, k in points] == pytest.approx([row["kappa"] for row in table], abs=1e-6)
 
 
 def test_self_train_command_checks_its_flags_before_tensorflow(tmp_path):
@@ -229,6 +244,7 @@ def test_self_train_command_checks_its_flags_before_tensorflow(tmp_path):
     for flag, message in (
         ("--rounds=0", "--rounds must be at least 1"),
         ("--config.selftrain.pseudo_fraction=1.5", "selftrain.pseudo_fraction=1.5: must be in"),
+        ("--config.selftrain.noise=loud", "selftrain.noise='loud': choose recipe or paper"),
     ):
         result = run_without_tensorflow(
             "self_train.py", "--teacher=x", f"--work_dir={tmp_path}", flag

@@ -127,3 +127,48 @@ def test_builder_command_keeps_unlabelled_csv_rows_when_asked(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert {k: v["count"] for k, v in manifest["splits"].items()} == {"train": 2, "unlabelled": 1}
+
+
+def test_withheld_grades_become_the_unlabelled_split(tmp_path):
+    from effdr_tf.data import splits as carving
+
+    records = carving.carve_validation(
+        list(make_source("synthetic_dr", num_images=800, seed=3, image_size=32).scan()), 0.2, 3
+    )
+    withheld = carving.withhold_labels(records, 0.9, seed=3)
+    before = {r.id: r for r in records}
+    by_patient = {}
+    for r in withheld:
+        by_patient.setdefault(r.patient_id, set()).add((r.split, r.label == -1))
+        if before[r.id].split != "train":  # validation and test keep their grades
+            assert (r.split, r.label) == (before[r.id].split, before[r.id].label)
+        elif r.split == "unlabelled":
+            assert r.label == -1
+        else:
+            assert (r.split, r.label) == ("train", before[r.id].label)
+    assert all(len(s) == 1 for s in by_patient.values())  # both eyes go together
+
+    def worst_eye_shares(recs):
+        worst = {}
+        for r in recs:
+            worst[r.patient_id] = max(worst.get(r.patient_id, 0), r.label)
+        return np.bincount(list(worst.values()), minlength=5) / len(worst)
+
+    kept = [r for r in withheld if r.split == "train"]
+    was_train = [r for r in records if r.split == "train"]
+    assert abs(len(kept) / len(was_train) - 0.1) < 0.03
+    # Every grade keeps its share among the patients left with grades (to rounding).
+    assert np.abs(worst_eye_shares(kept) - worst_eye_shares(was_train)).max() < 0.04
+    assert min(np.bincount([r.label for r in kept], minlength=5)) > 0
+
+    # The builder applies it after carving validation, and records it.
+    source = make_source("synthetic_dr", num_images=40, seed=3, image_size=32)
+    options = builder.BuildOptions(image_size=32, val_fraction=0.2, withhold_labels=0.5, seed=3)
+    manifest = builder.build(source, str(tmp_path), options, progress=False)
+    expected = carving.withhold_labels(
+        carving.carve_validation(list(source.scan()), 0.2, 3), 0.5, 3
+    )
+    counts = {k: v["count"] for k, v in manifest["splits"].items()}
+    assert counts == {s: sum(r.split == s for r in expected) for s in counts}
+    assert counts["unlabelled"] > 0 and counts["train"] > 0
+    assert manifest["withhold_labels"] == 0.5

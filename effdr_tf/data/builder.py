@@ -61,6 +61,8 @@ class BuildOptions:
         num_shards: shards of the largest split (others proportional, at least one); None
             gives about ``IMAGES_PER_SHARD`` images per shard.
         val_fraction: patients moved from train to validation where the source has none.
+        withhold_labels: patients moved from train (after validation is carved) to the
+            ``unlabelled`` split with their grades dropped, to study training on few grades.
         seed: fixes the validation split and the order of examples within each split.
         image_format: ``jpeg`` or ``png``.
         jpeg_quality: 1-100.
@@ -72,6 +74,7 @@ class BuildOptions:
     preprocess: str = "crop"
     num_shards: int | None = None
     val_fraction: float = 0.1
+    withhold_labels: float = 0.0
     seed: int = 0
     image_format: str = "jpeg"
     jpeg_quality: int = 95
@@ -85,6 +88,8 @@ class BuildOptions:
             raise EffdrError(f"--preprocess={self.preprocess}: choose one of {modes}")
         if not 0 <= self.val_fraction < 1:
             raise EffdrError(f"--val_fraction={self.val_fraction}: choose 0 <= f < 1")
+        if not 0 <= self.withhold_labels < 1:
+            raise EffdrError(f"--withhold_labels={self.withhold_labels}: choose 0 <= f < 1")
         if self.num_shards is not None and self.num_shards < 1:
             raise EffdrError(f"--num_shards={self.num_shards}: need at least 1")
         if self.image_format not in ("jpeg", "png"):
@@ -520,6 +525,7 @@ def build(
     rejects += duplicates
     if options.val_fraction > 0 and not any(r.split == "validation" for r in records):
         records = splits.carve_validation(records, options.val_fraction, options.seed)
+    records = splits.withhold_labels(records, options.withhold_labels, options.seed)
     plan = plan_shards(records, options.num_shards, options.seed)
 
     params = {
@@ -625,6 +631,7 @@ def _manifest(source, options, parts, rejects, seen) -> dict:
         },
         "seed": options.seed,
         "val_fraction": options.val_fraction,
+        "withhold_labels": options.withhold_labels,
         "splits": split_info,
         "num_seen": seen,
         "num_written": written,

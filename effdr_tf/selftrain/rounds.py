@@ -5,6 +5,7 @@
     WORK/round1/done.json     written last: the round is finished
     WORK/round2/...           taught by round 1's student
     WORK/rounds.json          every finished round's validation figures
+    WORK/summary/             the same as TensorBoard scalars, step = round
 
 Every step is resumable: a round with ``done.json`` is skipped, a pseudo-label folder with its
 manifest is kept, and a student resumes from its last checkpoint; so a killed loop, run again
@@ -24,6 +25,17 @@ from effdr_tf.evaluation import metrics, scoring
 from effdr_tf.selftrain import pseudo_labels
 
 DONE = "done.json"
+SUMMARY = "summary"  # WORK/summary: one point per model (round 0 is the teacher)
+
+# Noisy Student's noise on the student (Xie et al. 2020, sec. 3 and ANCHORS.md). RandAugment's
+# magnitude stays the recipe's: the paper's 27 was set for ImageNet objects at up to 800 px,
+# DR lesions are a few pixels wide and the DR recipes chose their magnitude for them.
+PAPER_NOISE = {
+    ("model", "dropout_rate"): 0.5,  # dropout 0.5 on the final layer
+    ("model", "drop_connect_rate"): 0.2,  # stochastic depth: survival 0.8 at the last block
+    ("augment", "name"): "randaugment",
+    ("augment", "num_layers"): 2,  # RandAugment N=2
+}
 
 
 def validation_figures(run_dirs, data_dir: str) -> dict:
@@ -37,6 +49,37 @@ def validation_figures(run_dirs, data_dir: str) -> dict:
         "accuracy": metrics.accuracy(confusion),
         "kappa": metrics.quadratic_weighted_kappa(confusion),
     }
+
+
+def student_config(config, pseudo_dir: str, soft: bool):
+    """The student's training config: ``config`` reading ``pseudo_dir``, with the paper's noise
+    when ``selftrain.noise`` is ``paper``."""
+    student = config.copy_and_resolve_references()
+    student.selftrain.pseudo_dir = pseudo_dir
+    student.selftrain.soft = soft
+    student.train.export = True
+    if student.selftrain.get("noise", "recipe") == "paper":
+        for (group, key), value in PAPER_NOISE.items():
+            student[group][key] = value
+    return student
+
+
+def write_summary(work_dir: str, table: list[dict]) -> None:
+    """Every model's validation kappa and accuracy as TensorBoard scalars, step = round, in
+    ``WORK/summary`` (rewritten whole, so a resumed loop shows each round once)."""
+    folder = os.path.join(work_dir, SUMMARY)
+    if tf.io.gfile.exists(folder):
+        tf.io.gfile.rmtree(folder)
+    writer = tf.summary.create_file_writer(folder)
+    with writer.as_default():
+        for row in table:
+            tf.summary.scalar("self_training/validation_kappa", row["kappa"], step=row["round"])
+            tf.summary.scalar("self_training/validation_accuracy", row["accuracy"], row["round"])
+            if "pseudo_labelled" in row:
+                tf.summary.scalar(
+                    "self_training/pseudo_labelled", row["pseudo_labelled"], row["round"]
+                )
+    writer.close()
 
 
 def _read_json(path: str):
@@ -107,10 +150,7 @@ def self_train(
                     f"round {r}/{rounds}: {manifest['splits']['train']['count']} pseudo-labelled "
                     f"images; training the student in {student}"
                 )
-            round_config = config.copy_and_resolve_references()
-            round_config.selftrain.pseudo_dir = pseudo
-            round_config.selftrain.soft = soft
-            round_config.train.export = True
+            round_config = student_config(config, pseudo, soft)
             loop.train(round_config, student, strategy=strategy, progress=progress)
             row = {
                 "round": r,
@@ -123,4 +163,5 @@ def self_train(
         table.append(row)
         current = student
     fileio.write_atomic(os.path.join(work_dir, "rounds.json"), json.dumps(table, indent=1))
+    write_summary(work_dir, table)
     return table

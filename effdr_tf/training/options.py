@@ -79,6 +79,9 @@ def check(config) -> None:
     fraction = selftrain.pseudo_fraction if selftrain is not None else 0.5
     if not 0.0 < fraction < 1.0:
         raise EffdrError(f"selftrain.pseudo_fraction={fraction}: must be in (0, 1)")
+    noise = selftrain.get("noise", "recipe") if selftrain is not None else "recipe"
+    if noise not in ("recipe", "paper"):
+        raise EffdrError(f"selftrain.noise={noise!r}: choose recipe or paper")
     _at_least("augment.num_layers", augment.num_layers, 0)
     if not 0.0 <= augment.magnitude <= augment.max_magnitude:
         raise EffdrError(
