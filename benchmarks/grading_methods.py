@@ -24,6 +24,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks import paired
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_images", 1600, "synthetic_dr images (two eyes per patient).")
 flags.DEFINE_integer("image_size", 128, "Shard and model input size.")
@@ -76,39 +78,6 @@ def _train(name: str, head: str, seed: int, data_dir: str, weights: str) -> floa
     with open(os.path.join(run_dir, "train_seconds.json"), "w") as f:
         json.dump(seconds, f)
     return seconds
-
-
-def _kappa(labels, grades) -> float:
-    from effdr_tf.evaluation import metrics
-
-    return metrics.quadratic_weighted_kappa(metrics.confusion_matrix(labels, grades, 5))
-
-
-def _auc(labels, probs) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels >= 2, probs[:, 2:].sum(1)))
-
-
-def _paired_interval(labels, patients, base, other, rounds: int) -> dict:
-    """95 % percentile intervals of (other - base) for kappa and referable AUC, resampling
-    patients (both eyes go together)."""
-    base_grades, base_probs = base
-    grades, probs = other
-    unique, index = np.unique(patients, return_inverse=True)
-    members = [np.nonzero(index == i)[0] for i in range(len(unique))]
-    rng = np.random.default_rng(0)
-    dk, da = [], []
-    for _ in range(rounds):
-        rows = np.concatenate([members[i] for i in rng.integers(0, len(unique), len(unique))])
-        y = labels[rows]
-        dk.append(_kappa(y, grades[rows]) - _kappa(y, base_grades[rows]))
-        if 0 < (y >= 2).sum() < len(y):
-            da.append(_auc(y, probs[rows]) - _auc(y, base_probs[rows]))
-    return {
-        "kappa": [float(np.percentile(dk, 2.5)), float(np.percentile(dk, 97.5))],
-        "auc": [float(np.percentile(da, 2.5)), float(np.percentile(da, 97.5))],
-    }
 
 
 def main(argv):
@@ -178,9 +147,9 @@ def main(argv):
         results.append(
             {
                 "method": method,
-                "kappa": _kappa(y_test, grades),
-                "referable_auc": _auc(y_test, p),
-                "difference_95": _paired_interval(
+                "kappa": paired.kappa(y_test, grades),
+                "referable_auc": paired.referable_auc(y_test, p),
+                "difference_95": paired.interval(
                     y_test, test["patient_ids"], base, (grades, p), FLAGS.rounds
                 ),
                 "train_x": train / base_train,
