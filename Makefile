@@ -17,7 +17,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=30
 
 # The report's screenshot test runs a headless Chromium (Debian's package, installed if root).
 browser:

@@ -133,6 +133,16 @@ def test_balanced_hard_pseudo_labels(teacher, tmp_path):
     for _, label, soft, _ in _read(tmp_path / "b"):
         np.testing.assert_array_equal(soft, np.eye(5)[label])
     assert manifest["source"]["unique_images"] <= manifest["splits"]["train"]["count"]
+    # To a bucket (ram:// stands in for gs://): the same shards, byte for byte.
+    bucket = "ram://pseudo_labels_test/b"
+    remote = pseudo_labels.write(
+        str(teacher / "run"), str(teacher / "data"), bucket, per_class=7, soft=False
+    )
+    assert remote["splits"] == manifest["splits"]
+    for shard in manifest["splits"]["train"]["shards"]:
+        with tf.io.gfile.GFile(f"{bucket}/{shard['name']}", "rb") as f:
+            assert f.read() == (tmp_path / "b" / shard["name"]).read_bytes()
+    assert not [n for n in tf.io.gfile.listdir(bucket) if n.endswith(".tmp")]
 
 
 def test_a_student_step_on_soft_labels_is_the_cross_entropy_against_them():
