@@ -8,19 +8,20 @@ Builds synthetic_dr with ``--synthetic_preset=hard``; validation is carved from 
 withheld (``--withhold_labels=0.9``): about a tenth of the training photographs keep their
 grades, the rest form the unlabelled split. EfficientNet-Lite0 from its ImageNet weights:
 
-- teacher: the demo recipe (configs/demo.py) on the labelled tenth, 20 epochs (the learning
-  rate halved every fourth), the best of 10 and 20 epochs by validation kappa (0.792, 0.808);
+- teacher: the demo recipe (configs/demo.py) on the labelled tenth, ``--teacher_epochs`` (the
+  learning rate halved every fifth of a run);
 - rounds 1 and 2 (self_train.py): pseudo-labels from the previous model (soft, confidence at
   least 0.3 as in the paper, no per-class balancing), a Lite0 student with the paper's noise
   (``selftrain.noise=paper``) on labelled and pseudo-labelled images half and half;
 - control: the teacher's recipe for as many steps as a student takes, labelled images only,
   so a gain of the student is not merely more training.
 
-Every choice above was made before the test split was read; nothing is tuned on it. Reports
-test quadratic weighted kappa and referable-DR AUC of each model, the paired bootstrap 95 %
-interval of its difference to the teacher (test patients resampled, both eyes together), how
-often the pseudo-labels agree with the withheld grades, and the wall time of each stage on this
-machine. Prints a Markdown table; writes DIR/results.json.
+Settings are chosen by validation only (benchmarks/README.md says which were changed after an
+earlier run's test figures had been printed). Reports test quadratic weighted kappa and
+referable-DR AUC of each model, the paired bootstrap 95 % interval of its difference to the
+teacher (test patients resampled, both eyes together), how often the pseudo-labels agree with
+the withheld grades, and the wall time of each stage on this machine. Prints a Markdown table;
+writes DIR/results.json.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _recipe(data_dir: str, weights: str, epochs: int):
     config.model.weights = weights
     config.train.epochs = epochs
     config.train.decay_epochs = epochs / DECAYS
-    # Every run here is 240-500 steps: at 0.9 the moving statistics catch up within an epoch
+    # Every run here is a few hundred steps: at 0.9 the moving statistics catch up within an epoch
     # (README, Training); one fixed value so that no model gets a different one.
     config.model.bn_momentum = 0.9
     return config
@@ -94,21 +95,26 @@ def _timed(name: str, fn) -> float:
     return seconds
 
 
-def _pseudo_label_agreement(pseudo_dir: str, withheld: dict) -> dict:
-    """How often a round's pseudo-labels (each image once) agree with the withheld grades."""
+def _labels_by_id(folder: str, split: str) -> dict[str, int]:
+    """The grade of every record of ``split`` in a shard folder, by image id."""
     import tensorflow as tf
 
     from effdr_tf import constants
     from effdr_tf.pipeline import input as pipeline
 
-    manifest = pipeline.load_manifest(pseudo_dir)
-    shards = pipeline.split_shards(pseudo_dir, "train", "none", manifest)
-    graded = {}
+    shards = pipeline.split_shards(folder, split, "none", pipeline.load_manifest(folder))
+    out = {}
     for record in tf.data.TFRecordDataset([s["path"] for s in shards]):
         features = pipeline.parse(record)
-        graded[features[constants.FEATURE_ID].numpy().decode()] = int(
+        out[features[constants.FEATURE_ID].numpy().decode()] = int(
             features[constants.FEATURE_LABEL]
         )
+    return out
+
+
+def _pseudo_label_agreement(pseudo_dir: str, withheld: dict) -> dict:
+    """How often a round's pseudo-labels (each image once) agree with the withheld grades."""
+    graded = _labels_by_id(pseudo_dir, "train")
     truth = np.array([withheld[i] for i in graded])
     guess = np.array(list(graded.values()))
     return {
@@ -167,7 +173,7 @@ def main(argv):
     base = decoded["teacher (labelled tenth)"]
 
     truth = {r.id: r.label for r in _source().scan()}
-    withheld = {i: truth[i] for i in _unlabelled_ids(data_dir)}
+    withheld = {i: truth[i] for i in _labels_by_id(data_dir, "unlabelled")}
     agreement = {
         r: _pseudo_label_agreement(os.path.join(work, f"round{r}", "pseudo"), withheld)
         for r in range(1, FLAGS.rounds + 1)
@@ -227,19 +233,6 @@ def main(argv):
             f"{100 * a['agreement']:.1f} % agree with the withheld grades (kappa {a['kappa']:.3f})"
         )
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
-
-
-def _unlabelled_ids(data_dir: str) -> list[str]:
-    import tensorflow as tf
-
-    from effdr_tf import constants
-    from effdr_tf.pipeline import input as pipeline
-
-    shards = pipeline.split_shards(data_dir, "unlabelled", "none", pipeline.load_manifest(data_dir))
-    return [
-        pipeline.parse(r)[constants.FEATURE_ID].numpy().decode()
-        for r in tf.data.TFRecordDataset([s["path"] for s in shards])
-    ]
 
 
 if __name__ == "__main__":
