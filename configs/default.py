@@ -119,6 +119,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.jit_compile = ml_collections.config_dict.placeholder(bool)
     # Steps per host call; 0 (auto): 100 on TPU (a host loop in one tf.function), 1 elsewhere.
     config.train.steps_per_execution = 0
+    # Gradient accumulation: each update's global batch (data.batch_size) goes through the
+    # model in this many equal parts, one at a time, for memory that holds only one part's
+    # activations (B5 at 456 px on one 11-16 GB card: 4-8 images). The optimizer, EMA, loss
+    # scale and learning-rate schedule advance once per update; batch-norm batch statistics
+    # (and moving averages) are per part.
+    config.train.accumulation_steps = 1
+    # float16: stop a run whose updates are skipped this many times in a row for non-finite
+    # gradients (or whose loss scale falls below 1), instead of skipping every later step.
+    config.train.max_skipped_steps = 50
     config.train.checkpoint_every_steps = 500
     config.train.keep_checkpoints = 3
     config.train.checkpoint_input = True  # data position in checkpoints (exact resume)

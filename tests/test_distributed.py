@@ -237,7 +237,7 @@ def test_a_host_loop_of_n_steps_equals_n_single_steps(tiny_data, tmp_path):
         trainer = loop.Trainer(config, str(tmp_path / name), tf.distribute.get_strategy(), False)
         trainer._refresh_trainability(0)
         start = trainer.model.get_weights()
-        losses = [float(trainer._train_fn(trainer.iterator, tf.constant(n))[0]) for n in calls]
+        losses = [float(trainer._train_fn(trainer.iterator, tf.constant(n))["loss"]) for n in calls]
         return start, trainer.model.get_weights(), losses, int(trainer.step.numpy())
 
     start, loop_weights, loop_losses, loop_step = trained("loop", [3])

@@ -58,7 +58,7 @@ def test_loss_decreases_and_evaluation_sees_the_ema_weights(tiny_data, tmp_path)
     trainer = loop.Trainer(config, str(tmp_path), tf.distribute.get_strategy(), progress=False)
     trainer._refresh_trainability(0)
     # Mean loss over blocks of 8 steps: single batches of 16 are too noisy to compare.
-    losses = [float(trainer._train_fn(trainer.iterator, tf.constant(8))[0]) for _ in range(5)]
+    losses = [float(trainer._train_fn(trainer.iterator, tf.constant(8))["loss"]) for _ in range(5)]
     assert int(trainer.step.numpy()) == 40
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.6 * losses[0], losses
@@ -180,13 +180,13 @@ def test_jit_compiled_step_with_mixed_precision(tiny_data, tmp_path, policy):
 
         if trainer.loss_scale is not None:
             trainer.loss_scale.scale.assign(1e30)  # float16 gradients overflow: skipped
-            _, _, _, skipped = trainer._train_fn(trainer.iterator, tf.constant(1))
-            assert int(skipped) == 1 and not changed()
+            figures = trainer._train_fn(trainer.iterator, tf.constant(1))
+            assert int(figures["skipped"]) == 1 and not changed()
             assert float(trainer.loss_scale.scale.numpy()) == pytest.approx(5e29, rel=1e-6)
             trainer.loss_scale.scale.assign(1.0)
-        loss, _, confusion, skipped = trainer._train_fn(trainer.iterator, tf.constant(1))
-        assert np.isfinite(float(loss)) and int(confusion.numpy().sum()) == 8
-        assert int(skipped) == 0 and changed()
+        figures = trainer._train_fn(trainer.iterator, tf.constant(1))
+        assert np.isfinite(float(figures["loss"])) and int(figures["confusion"].numpy().sum()) == 8
+        assert int(figures["skipped"]) == 0 and changed()
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

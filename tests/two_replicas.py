@@ -11,6 +11,10 @@ CHECKs:
   jit          jit_compile=True on 2 CPU replicas (refused with one line).
   heads        equivalence (mixed_float16) for the regression and ordinal heads, and for
                softmax on soft targets (a self-training student).
+  masks        dropout and stochastic depth: per-replica masks, reproducible, resumable.
+  decisions    injected per-worker validation scores: the chief's decisions everywhere;
+               per-replica batch-norm statistics averaged before validation and export.
+  accumulation float16, 2 replicas x 4 accumulated parts against one device's whole batch.
 """
 
 import hashlib
@@ -146,8 +150,8 @@ def check_overflow(out):
     trainer._train_fn(trainer.iterator, tf.constant(1))
     recovered = state()
     out["overflow"] = {
-        "first_step_skipped": int(first[3]),
-        "bad_step_skipped": int(bad[3]),
+        "first_step_skipped": int(first["skipped"]),
+        "bad_step_skipped": int(bad["skipped"]),
         "weights_unchanged": same(before["weights"], after["weights"]),
         "slots_unchanged": same(before["slots"], after["slots"]),
         "ema_unchanged": same(before["ema"], after["ema"]),
@@ -171,21 +175,29 @@ def check_overflow(out):
 
 
 def check_equivalence(
-    out, steps=4, policy="mixed_float16", head="softmax", lr=0.05, scale=None, soft=False
+    out,
+    steps=4,
+    policy="mixed_float16",
+    head="softmax",
+    lr=0.05,
+    scale=None,
+    soft=False,
+    accumulation=1,
+    freeze_bn=False,
 ):
     # SGD: the update is linear in the gradient, so update differences measure gradient
     # differences (Adam's first steps are about lr * sign(g), which turns float16 noise in
     # near-zero gradients into whole-lr differences).
-    config = make_config(optimizer="sgd", learning_rate=lr, mixed_precision=policy)
-    config.model.head = head
-    one = trainer_for(tf.distribute.get_strategy(), f"one_{policy}_{head}{soft}", config=config)
-    start = one.model.get_weights()
-    two = trainer_for(
-        two_replicas(),
-        f"two_{policy}_{head}{soft}",
-        config=config,
-        weights=start,
+    config = make_config(
+        optimizer="sgd", learning_rate=lr, mixed_precision=policy, freeze_bn=freeze_bn
     )
+    config.model.head = head
+    name = f"{policy}_{head}{soft}{accumulation}"
+    one = trainer_for(tf.distribute.get_strategy(), f"one_{name}", config=config)
+    start = one.model.get_weights()
+    config = config.copy_and_resolve_references()
+    config.train.accumulation_steps = accumulation
+    two = trainer_for(two_replicas(), f"two_{name}", config=config, weights=start)
     results = {}
     for name, trainer in (("one", one), ("two", two)):
         if scale is not None:
@@ -194,9 +206,9 @@ def check_equivalence(
         t0 = time.perf_counter()
         losses, skipped = [], 0
         for _ in range(steps):
-            loss, _, _, overflow = trainer._train_fn(trainer.iterator, tf.constant(1))
-            losses.append(float(loss))
-            skipped += int(overflow)
+            figures = trainer._train_fn(trainer.iterator, tf.constant(1))
+            losses.append(float(figures["loss"]))
+            skipped += int(figures["skipped"])
         print(name, "seconds", time.perf_counter() - t0, file=sys.stderr)
         trainable = {id(v) for v in trainer.model.trainable_variables}
         results[name] = {
@@ -232,6 +244,8 @@ def check_equivalence(
     ema_one = np.concatenate([x.ravel() for x in results["one"]["ema"]])
     ema_two = np.concatenate([x.ravel() for x in results["two"]["ema"]])
     key = "equivalence" if policy == "mixed_float16" else "equivalence32"
+    if accumulation > 1:
+        key = "accumulation"
     out[key + ("" if head == "softmax" else f"_{head}") + ("_soft" if soft else "")] = {
         "ema_update_relative": float(
             np.linalg.norm(ema_one - ema_two) / np.linalg.norm(ema_one - ema_start)
@@ -255,7 +269,106 @@ def check_jit(out):
         out["jit"] = str(e)
 
 
+def _worker():
+    return json.loads(os.environ["TF_CONFIG"])["task"]["index"] if MULTI_WORKER else 0
+
+
+def check_masks(out):
+    """Dropout and stochastic depth on: each replica draws its own masks; a second run of the
+    seed draws the same; a run resumed from a checkpoint continues as an uninterrupted one."""
+    strategy = two_replicas()
+    config = make_config(mixed_precision="float32")
+    config.model.dropout_rate = 0.5
+    config.model.drop_connect_rate = 0.5
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)), tf.float32)
+
+    def forward(trainer):
+        def replica():
+            return trainer.model(x, training=True)
+
+        outputs = tf.function(strategy.run)(replica)
+        return [v.numpy() for v in strategy.experimental_local_results(outputs)]
+
+    first = trainer_for(strategy, "masks_a", config=config)
+    first.restore()
+    a1 = forward(first)
+    first.checkpoints.save(0)
+    a2 = forward(first)
+    again = trainer_for(strategy, "masks_b", config=config)
+    again.restore()
+    b1 = forward(again)
+    resumed = trainer_for(strategy, "masks_a", config=config)
+    resumed.restore()
+    c2 = forward(resumed)
+    digest = hashlib.sha256(b"".join(o.tobytes() for o in a1)).hexdigest()
+    out["masks"] = {
+        "local_replicas": len(a1),
+        "replicas_differ": [not np.array_equal(a1[0], o) for o in a1[1:]],
+        "steps_differ": not np.array_equal(a1[0], a2[0]),
+        "same_seed_same_masks": all(np.array_equal(p, q) for p, q in zip(a1, b1, strict=True)),
+        "resume_continues": all(np.array_equal(p, q) for p, q in zip(a2, c2, strict=True)),
+        "digest": digest,
+    }
+
+
+def check_decisions(out):
+    """Validation scores that differ between workers (injected): every worker takes the
+    chief's plateau and best-checkpoint decisions. Batch-norm moving statistics that differ
+    between replicas are replaced by their mean before validation and export."""
+    strategy = two_replicas()
+    config = make_config(mixed_precision="float32", schedule="plateau", plateau_patience=1)
+    config.model.sync_batch_norm = False
+    config.train.ema_decay = 0.0
+    config.train.export = True
+    trainer = trainer_for(strategy, "decisions", config=config)
+    worker = _worker()
+    # The chief's scores fall (a plateau each time); the other worker's rise.
+    scores = [[0.5, 0.4, 0.3], [0.5, 0.6, 0.7]][worker]
+    original = trainer.evaluate
+    calls = []
+
+    def evaluate(split):
+        result = original(split)
+        result["kappa"] = scores[len(calls)]
+        calls.append(split)
+        return result
+
+    trainer.evaluate = evaluate
+    mean = trainer.model.get_layer("stem_bn").moving_mean
+    copies = mean.value.values
+    for i, copy in enumerate(copies):
+        copy.assign(tf.fill(copy.shape, float(worker * len(copies) + i + 1)))
+    lr_scales, best = [], []
+    for step in range(3):
+        trainer._validate(step)
+        lr_scales.append(float(trainer.schedule.scale.numpy()))
+        best.append(float(trainer.best.numpy()))
+    trainer.moving_statistics()
+    trainer.export()
+    exported = None
+    if trainer.chief:
+        model = keras.saving.load_model(f"{OUT_DIR}/decisions/export/model.keras")
+        exported = float(model.get_layer("stem_bn").moving_mean.numpy().mean())
+    out["decisions"] = {
+        "worker": worker,
+        "lr_scales": lr_scales,
+        "best": best,
+        "moving_mean": [float(c.numpy().mean()) for c in copies],
+        "exported_moving_mean": exported,
+        "replicas": strategy.num_replicas_in_sync,
+    }
+
+
+def check_accumulation(out):
+    """float16 on two replicas, 4 accumulated parts of 2 images each against one device
+    taking the whole global batch of 16 at once (batch norm frozen)."""
+    check_equivalence(out, steps=2, scale=64.0, accumulation=4, freeze_bn=True)
+
+
 CHECK_FUNCTIONS = {
+    "masks": check_masks,
+    "decisions": check_decisions,
+    "accumulation": check_accumulation,
     "overflow": check_overflow,
     "equivalence": check_equivalence,
     "equivalence32": lambda out: check_equivalence(out, policy="float32"),

@@ -70,10 +70,16 @@ def target_shares(class_counts, target="natural", multipliers=None) -> np.ndarra
     return shares / shares.sum()
 
 
-def schedule(start: np.ndarray, end: np.ndarray | None, transition_examples: int):
-    """Shares for every emitted example: a constant, or a dataset moving from start to end."""
+def schedule(start: np.ndarray, end: np.ndarray | None, transition_examples: int, offset: int = 0):
+    """Shares for every emitted example: a constant, or a dataset moving from start to end.
+
+    ``offset``: examples this stream emitted before (a resumed run), so the transition goes on
+    from there instead of restarting at ``start``.
+    """
     if end is None or transition_examples <= 0 or np.allclose(start, end):
         return start.astype(np.float32).tolist()
+    if offset >= transition_examples:
+        return end.astype(np.float32).tolist()
     start_t = tf.constant(start, tf.float32)
     end_t = tf.constant(end, tf.float32)
 
@@ -81,7 +87,7 @@ def schedule(start: np.ndarray, end: np.ndarray | None, transition_examples: int
         t = tf.minimum(tf.cast(i, tf.float32) / float(transition_examples), 1.0)
         return start_t + t * (end_t - start_t)
 
-    return tf.data.Dataset.counter().map(shares_at)
+    return tf.data.Dataset.counter(start=int(offset)).map(shares_at)
 
 
 def mix(class_streams: dict[int, tf.data.Dataset], shares, seed: int | None):

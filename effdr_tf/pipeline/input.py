@@ -327,6 +327,8 @@ def make_dataset(
     training: bool | None = None,
     batch_size: int | None = None,
     return_metadata: bool = False,
+    examples_seen: int = 0,
+    transfer: bool = False,
 ) -> tf.data.Dataset:
     """The input pipeline for one split.
 
@@ -340,6 +342,11 @@ def make_dataset(
             ``data.eval_batch_size``.
         return_metadata: evaluation only: yield ``(images, labels, {"id", "patient_id",
             "eye"})``.
+        examples_seen: training: examples the run has already drawn (all hosts together),
+            so a resumed stream continues the sampler's share schedule where it was.
+        transfer: training with ``data.normalization="model"``: yield the images as uint8
+            (their pixels are whole numbers in [0, 255] already), a quarter of float32's
+            bytes host -> device; the training step casts them back.
 
     Returns:
         Batches of ``(images float32 [B, S, S, 3], labels int32 [B])``; for training with
@@ -382,7 +389,10 @@ def make_dataset(
 
         start = shares_for(config.balance.target)
         end = shares_for(config.balance.final_target) if config.balance.final_target else None
-        shares = balance.schedule(start, end, config.balance.transition_examples)
+        pipelines = input_context.num_input_pipelines if input_context else 1
+        shares = balance.schedule(
+            start, end, config.balance.transition_examples, int(examples_seen) // pipelines
+        )
         streams = class_streams(shards, num_classes, input_context, config, seed)
         records = balance.mix(streams, shares, seed)
         pseudo = _pseudo_labelled(config, num_classes, input_context, seed)
@@ -406,6 +416,7 @@ def make_dataset(
         }
         soft = bool(config.get("selftrain", {}).get("soft", True))
         soft = soft and config.model.get("head", "softmax") == "softmax"
+        as_uint8 = bool(transfer) and normalization == "model"
 
         def target(record, label):
             """One-hot grade, or the teacher's probabilities on a pseudo-labelled record."""
@@ -427,6 +438,8 @@ def make_dataset(
                 normalization=normalization,
             )
             label = tf.cast(example[constants.FEATURE_LABEL], tf.int32)
+            if as_uint8:
+                image = tf.cast(image, tf.uint8)
             if pseudo is not None:
                 return image, target(record, label)
             return image, label

@@ -33,7 +33,7 @@ from effdr_tf.evaluation import metrics
 from effdr_tf.models import heads
 from effdr_tf.pipeline import balance
 from effdr_tf.pipeline import input as pipeline
-from effdr_tf.training import checkpointing, distribute, options, recipes
+from effdr_tf.training import checkpointing, distribute, options, recipes, replica_state
 from effdr_tf.training import step as step_lib
 from effdr_tf.training.monitor import Monitor
 from effdr_tf.training.validation import Validation
@@ -86,12 +86,19 @@ def check_config(config, strategy) -> Setup:
         raise EffdrError(
             f"data.batch_size={global_batch} does not divide across {replicas} replicas"
         )
-    if global_batch // replicas < MIN_PER_REPLICA_BATCH:
+    parts = int(config.train.accumulation_steps)
+    if global_batch % (replicas * parts):
+        raise EffdrError(
+            f"data.batch_size={global_batch} over {replicas} replica(s) does not divide into "
+            f"train.accumulation_steps={parts} equal parts"
+        )
+    if global_batch // (replicas * parts) < MIN_PER_REPLICA_BATCH:
         log.warning(
-            "data.batch_size=%d over %d replicas gives each replica %d images; batch norm "
-            "statistics over fewer than %d images are noisy: raise the batch size (and the "
-            "learning rate with it) or use fewer replicas",
-            global_batch, replicas, global_batch // replicas, MIN_PER_REPLICA_BATCH,
+            "data.batch_size=%d over %d replicas in %d part(s) gives each replica %d images a "
+            "pass; batch norm statistics over fewer than %d images are noisy: raise the batch "
+            "size (and the learning rate with it) or use fewer replicas or parts",
+            global_batch, replicas, parts, global_batch // (replicas * parts),
+            MIN_PER_REPLICA_BATCH,
         )  # fmt: skip
     train_count = int(manifest["splits"]["train"]["count"])
     selftrain = config.get("selftrain")
@@ -263,6 +270,15 @@ class Trainer:
             ema=self.ema,
             head=config.model.head,
             regression_loss=config.train.regression_loss,
+            accumulation_steps=config.train.accumulation_steps,
+        )
+        self.workers = distribute.num_workers(strategy)
+        self.moving_statistics = replica_state.MovingStatistics(
+            strategy,
+            self.model,
+            self.ema.averages_of(replica_state.moving_statistics(self.model))
+            if self.ema is not None
+            else (),
         )
         self.iterator = self._make_iterator(config.seed)
         tracked = {
@@ -278,7 +294,7 @@ class Trainer:
         if self.ema is not None:
             tracked["ema"] = self.ema.averages
         # Dropout and stochastic-depth random states: a resumed run draws the same masks.
-        tracked["rng"] = [v for v in self.model.variables if "seed_generator_state" in v.path]
+        tracked["rng"] = replica_state.seed_states(self.model)
         # Iterators over one device are checkpointable; tf.distribute's multi-device iterators
         # are not, so those runs resume on a stream reshuffled by the step instead.
         self.input_checkpointed = bool(config.train.checkpoint_input) and isinstance(
@@ -301,11 +317,13 @@ class Trainer:
             num_classes=s.num_classes,
         )
 
-    def _make_iterator(self, seed: int):
+    def _make_iterator(self, seed: int, examples_seen: int = 0):
         config = self.config.copy_and_resolve_references()
         config.seed = int(seed)
         dataset = self.strategy.distribute_datasets_from_function(
-            lambda ctx: pipeline.make_dataset(config, "train", input_context=ctx)
+            lambda ctx: pipeline.make_dataset(
+                config, "train", input_context=ctx, examples_seen=examples_seen, transfer=True
+            )
         )
         return iter(dataset)
 
@@ -320,23 +338,43 @@ class Trainer:
             step_fn = tf.function(step_fn, jit_compile=True)
         k = self.setup.num_classes
         sum_ = tf.distribute.ReduceOp.SUM
+        first = self.strategy.experimental_local_results
 
         def one_step(iterator):
             images, labels = next(iterator)
             number = self.step + 1
-            loss, reg, conf, applied = self.strategy.run(step_fn, args=(images, labels, number))
+            loss, reg, conf, applied, bad = self.strategy.run(
+                step_fn, args=(images, labels, number)
+            )
             loss = self.strategy.reduce(sum_, loss, axis=None)
             reg = self.strategy.reduce(sum_, reg, axis=None)
             conf = self.strategy.reduce(sum_, conf, axis=None)
-            # Every replica took the same decision; the first one's is the run's.
-            applied = self.strategy.experimental_local_results(applied)[0]
+            # Every replica took the same decision from the same all-reduced gradients; the
+            # first one's is the run's.
+            applied, bad = first(applied)[0], first(bad)[0]
             self.step.assign_add(1)
-            return loss, reg, conf, applied
+            return loss, reg, conf, applied, bad
+
+        def outputs(loss, reg, confusion, skipped, bad):
+            """What the host reads, all computed on the device in the same call."""
+            out = {
+                "loss": loss,
+                "l2_loss": reg,
+                "confusion": confusion,
+                "skipped": skipped,
+                "bad_variable": bad,
+                "learning_rate": self.schedule(self.optimizer.iterations),
+                "step": tf.identity(self.step),
+            }
+            if self.loss_scale is not None:
+                out["loss_scale"] = tf.identity(self.loss_scale.scale)
+                out["skipped_in_row"] = tf.identity(self.loss_scale.skipped_in_row)
+            return out
 
         @tf.function
         def single_step(iterator):
-            loss, reg, conf, applied = one_step(iterator)
-            return loss, reg, conf, 1 - applied
+            loss, reg, conf, applied, bad = one_step(iterator)
+            return outputs(loss, reg, conf, 1 - applied, bad)
 
         @tf.function
         def several_steps(iterator, n):
@@ -344,21 +382,25 @@ class Trainer:
             reg_sum = tf.constant(0.0)
             confusion = tf.zeros([k, k], tf.int64)
             skipped = tf.constant(0, tf.int64)
+            bad = tf.constant(-1, tf.int64)
             for _ in tf.range(n):
-                loss, reg, conf, applied = one_step(iterator)
+                loss, reg, conf, applied, bad = one_step(iterator)
                 loss_sum += loss
                 reg_sum += reg
                 confusion += conf
                 skipped += 1 - applied
             n_float = tf.cast(n, tf.float32)
-            return loss_sum / n_float, reg_sum / n_float, confusion, skipped
+            return outputs(loss_sum / n_float, reg_sum / n_float, confusion, skipped, bad)
 
         def train_steps(iterator, n):
-            """(mean loss, mean L2 term, confusion, steps skipped for overflow) over n steps.
+            """The device-side figures of n steps: mean loss and L2 term, confusion, steps
+            skipped for overflow, the last step's learning rate, step and loss-scale state.
 
             One step is traced without a loop: a tf.while_loop around the step costs time
             (grappler optimises loop bodies less) and one step per call is the usual case off
             TPUs; on TPUs n steps run in one call (a host loop) so the host is not waited on.
+            Nothing is read back here: the caller reads a call's figures after the next call
+            is queued, so a GPU never idles while Python looks at them.
             """
             if int(n) == 1:
                 return single_step(iterator)
@@ -460,12 +502,23 @@ class Trainer:
         finally:
             self.checkpoints.close()
 
-    def _run(self) -> dict:
-        s = self.setup
+    def restore(self) -> int:
+        """Restores the latest checkpoint (if any) and what a checkpoint cannot hold: each
+        replica's own random stream and, without a checkpointed input position, a stream
+        reshuffled by the step that continues the sampler's share schedule. Returns the step."""
         step = self.checkpoints.restore(self.step)
+        replica_state.separate_random_streams(self.strategy, self.model)
         if step and not self.input_checkpointed:
             log.info("input position not in checkpoints: continuing on a reshuffled stream")
-            self.iterator = self._make_iterator(int(self.config.seed) + 104729 * step)
+            self.iterator = self._make_iterator(
+                int(self.config.seed) + 104729 * step,
+                examples_seen=step * self.setup.global_batch,
+            )
+        return step
+
+    def _run(self) -> dict:
+        s = self.setup
+        step = self.restore()
         if step == 0:
             self.monitor.hparams(_flat(self.config.to_dict()))
             self._log_first_batch()
@@ -475,82 +528,29 @@ class Trainer:
             epoch = step // s.steps_per_epoch
             self._refresh_trainability(epoch)
             epoch_end = (epoch + 1) * s.steps_per_epoch
-            bar = keras.utils.Progbar(
-                s.steps_per_epoch,
-                verbose=1 if self.progress else 0,
-                stateful_metrics=["loss", "accuracy", "kappa", "lr"],
-            )
-            confusion = np.zeros((s.num_classes, s.num_classes), np.int64)
-            losses = []
-            skipped = 0
-            started = time.perf_counter()
-            epoch_start_step = step
+            tally = _EpochTally(self, epoch, step)
             print(f"epoch {epoch + 1}/{self.config.train.epochs}", flush=True)
+            pending = None
             while step < epoch_end:
                 n = min(self.steps_per_execution, epoch_end - step)
-                t0 = time.perf_counter()
-                loss, reg, conf, overflowed = self._train_fn(self.iterator, tf.constant(n))
-                loss = float(loss.numpy())
-                step = int(self.step.numpy())
-                if not np.isfinite(loss):
-                    good = self.checkpoints.latest or "none"
-                    raise TrainingDivergedError(
-                        f"loss became {loss} at step {step}; stopped without saving (last good "
-                        f"checkpoint: {good}); lower the learning rate or check the data"
-                    )
-                losses.append(loss)
-                confusion += conf.numpy()
-                skipped += int(overflowed)
-                seconds = time.perf_counter() - t0
-                lr = float(self.schedule(self.optimizer.iterations))
-                bar.update(
-                    step - epoch * s.steps_per_epoch,
-                    [
-                        ("loss", loss),
-                        ("accuracy", metrics.accuracy(confusion)),
-                        ("kappa", metrics.quadratic_weighted_kappa(confusion)),
-                        ("lr", lr),
-                    ],
-                )
-                if step % max(1, self.config.train.log_every_steps) < n or step == epoch_end:
-                    values = {
-                        "loss": loss,
-                        "l2_loss": float(reg.numpy()),
-                        "learning_rate": lr,
-                        "steps_per_second": n / seconds,
-                        "images_per_second": n * s.global_batch / seconds,
-                    }
-                    if self.loss_scale is not None:
-                        values["loss_scale"] = float(self.loss_scale.scale.numpy())
-                        values["overflow_steps"] = skipped
-                    self.monitor.scalars(self.monitor.train, values, step)
-                # The epoch's end saves after validation (with the best value): not twice.
+                figures = self._train_fn(self.iterator, tf.constant(n))
+                step += n
+                # The previous call's figures are read now that this call is queued.
+                if pending is not None:
+                    tally.read(*pending)
+                pending = (figures, n, step)
                 every = self.config.train.checkpoint_every_steps
-                if step - last_saved >= every and step < epoch_end:
+                save_now = step - last_saved >= every and step < epoch_end
+                if save_now or step == epoch_end:
+                    # Nothing is saved before this step's loss is known to be finite.
+                    tally.read(*pending)
+                    pending = None
+                # The epoch's end saves after validation (with the best value): not twice.
+                if save_now:
                     self.checkpoints.save(step)
                     last_saved = step
-            elapsed = time.perf_counter() - started
-            train_metrics = {
-                "train_loss": float(np.mean(losses)),
-                "train_accuracy": metrics.accuracy(confusion),
-                "train_kappa": metrics.quadratic_weighted_kappa(confusion),
-            }
-            for c, recall in enumerate(metrics.recall_per_class(confusion)):
-                train_metrics[f"train_recall_{c}"] = float(recall)
-            self.monitor.scalars(
-                self.monitor.train,
-                {k.removeprefix("train_"): v for k, v in train_metrics.items()},
-                step,
-            )
-            row = {
-                "epoch": epoch + 1,
-                "step": step,
-                "learning_rate": float(self.schedule(self.optimizer.iterations)),
-                "images_per_second": (step - epoch_start_step) * s.global_batch / elapsed,
-                **train_metrics,
-            }
-            if self.loss_scale is not None:
-                row["overflow_steps"] = skipped
+            row = tally.row(step)
+            self.monitor.scalars(self.monitor.train, tally.epoch_scalars(), step)
             if s.has_validation:
                 row.update(self._validate(step))
             self.checkpoints.save(step)
@@ -562,6 +562,8 @@ class Trainer:
                 f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float) and "recall" not in k
             )
             print(f"epoch {epoch + 1}: {summary}", flush=True)
+        # Every worker takes part (a collective); then the chief writes.
+        self.moving_statistics()
         if s.total_steps and not s.has_validation and self.chief:
             checkpointing.save_weights(self.model, self._best_path, self.ema)
         self.export()
@@ -569,6 +571,8 @@ class Trainer:
         return history
 
     def _validate(self, step: int) -> dict:
+        # Each replica's own batch-norm averages (no sync BN) would score another model.
+        self.moving_statistics()
         result = self.evaluate(self.config.train.validation_split)
         names = (
             constants.DR_GRADES
@@ -581,7 +585,10 @@ class Trainer:
         self.monitor.scalars(self.monitor.eval, values, step)
         self.monitor.confusion(result["confusion"], step, names)
         self.monitor.pr_curves(result["labels"], result["probabilities"], step, names)
-        metric = result[self.config.train.best_metric]
+        # One value on every worker, so that every worker takes the same decisions.
+        metric = replica_state.chief_value(
+            self.strategy, result[self.config.train.best_metric], self.chief, self.workers
+        )
         improved = self.save_best(metric)
         if self.config.train.schedule == "plateau":
             self.plateau_wait.assign(0 if improved else self.plateau_wait + 1)
@@ -593,6 +600,126 @@ class Trainer:
                     f"rate x{self.config.train.plateau_factor}"
                 )
         return {f"val_{k}": v for k, v in values.items()}
+
+
+class LossScaleCollapsedError(EffdrError):
+    """float16 updates were skipped for non-finite gradients too often in a row."""
+
+
+class _EpochTally:
+    """One epoch's figures on the host: read from the device one call late, summed, shown in
+    the progress bar and TensorBoard, and checked (a non-finite loss, a loss scale that
+    collapsed)."""
+
+    def __init__(self, trainer: Trainer, epoch: int, step: int):
+        self.trainer = trainer
+        s = trainer.setup
+        self.epoch = epoch
+        self.epoch_end = (epoch + 1) * s.steps_per_epoch
+        self.start_step = step
+        self.bar = keras.utils.Progbar(
+            s.steps_per_epoch,
+            verbose=1 if trainer.progress else 0,
+            stateful_metrics=["loss", "accuracy", "kappa", "lr"],
+        )
+        self.confusion = np.zeros((s.num_classes, s.num_classes), np.int64)
+        self.loss_sum = 0.0
+        self.steps = 0
+        self.skipped = 0
+        self.learning_rate = float("nan")
+        self.started = self.last_read = time.perf_counter()
+
+    def read(self, figures: dict, n: int, step: int) -> None:
+        t = self.trainer
+        values = {k: v.numpy() for k, v in figures.items()}
+        loss = float(values["loss"])
+        if not np.isfinite(loss):
+            good = t.checkpoints.latest or "none"
+            raise TrainingDivergedError(
+                f"loss became {loss} at step {step}; stopped without saving (last good "
+                f"checkpoint: {good}); lower the learning rate or check the data"
+            )
+        self._check_loss_scale(values, step)
+        self.loss_sum += loss * n
+        self.steps += n
+        self.confusion += values["confusion"]
+        self.skipped += int(values["skipped"])
+        self.learning_rate = float(values["learning_rate"])
+        now = time.perf_counter()
+        seconds, self.last_read = now - self.last_read, now
+        self.bar.update(
+            step - self.epoch * t.setup.steps_per_epoch,
+            [
+                ("loss", loss),
+                ("accuracy", metrics.accuracy(self.confusion)),
+                ("kappa", metrics.quadratic_weighted_kappa(self.confusion)),
+                ("lr", self.learning_rate),
+            ],
+        )
+        if step % max(1, t.config.train.log_every_steps) < n or step == self.epoch_end:
+            scalars = {
+                "loss": loss,
+                "l2_loss": float(values["l2_loss"]),
+                "learning_rate": self.learning_rate,
+                "steps_per_second": n / seconds,
+                "images_per_second": n * t.setup.global_batch / seconds,
+            }
+            if "loss_scale" in values:
+                scalars["loss_scale"] = float(values["loss_scale"])
+                scalars["overflow_steps"] = self.skipped
+            t.monitor.scalars(t.monitor.train, scalars, step)
+
+    def _check_loss_scale(self, values: dict, step: int) -> None:
+        if "skipped_in_row" not in values:
+            return
+        in_row, scale = int(values["skipped_in_row"]), float(values["loss_scale"])
+        limit = int(self.trainer.config.train.max_skipped_steps)
+        if in_row < limit and scale >= 1.0:
+            return
+        bad = int(values["bad_variable"])
+        trainable = self.trainer.model.trainable_variables
+        where = trainable[bad].path if 0 <= bad < len(trainable) else "unknown"
+        good = self.trainer.checkpoints.latest or "none"
+        raise LossScaleCollapsedError(
+            f"float16: {in_row} updates in a row skipped for non-finite gradients (loss scale "
+            f"{scale:g}) at step {step}, first non-finite gradient: {where}; stopped without "
+            f"saving (last good checkpoint: {good}); lower the learning rate, check the data "
+            "or train in float32 (train.mixed_precision=float32)"
+        )
+
+    def row(self, step: int) -> dict:
+        """The epoch's log.csv row (without validation)."""
+        elapsed = time.perf_counter() - self.started
+        row = {
+            "epoch": self.epoch + 1,
+            "step": step,
+            "learning_rate": self.learning_rate,
+            "images_per_second": (step - self.start_step)
+            * self.trainer.setup.global_batch
+            / elapsed,
+            **self.train_metrics(),
+        }
+        if self.trainer.loss_scale is not None:
+            row["overflow_steps"] = self.skipped
+        return row
+
+    def train_metrics(self) -> dict:
+        out = {
+            "train_loss": self.loss_sum / max(1, self.steps),
+            "train_accuracy": metrics.accuracy(self.confusion),
+            "train_kappa": metrics.quadratic_weighted_kappa(self.confusion),
+        }
+        for c, recall in enumerate(metrics.recall_per_class(self.confusion)):
+            out[f"train_recall_{c}"] = float(recall)
+        return out
+
+    def epoch_scalars(self) -> dict:
+        """The epoch's figures for TensorBoard: ``epoch_loss`` (the step scalar ``loss`` has
+        a value at this step already), accuracy, kappa, per-class recall."""
+        return {
+            ("epoch_loss" if k == "train_loss" else k.removeprefix("train_")): v
+            for k, v in self.train_metrics().items()
+        }
 
 
 def _flat(tree, prefix=""):

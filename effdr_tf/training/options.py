@@ -57,6 +57,8 @@ def check(config) -> None:
     _at_least("train.freeze_backbone_epochs", train.freeze_backbone_epochs, 0)
     _at_least("train.steps_per_execution", train.steps_per_execution, 0)
     _at_least("train.checkpoint_every_steps", train.checkpoint_every_steps, 1)
+    _at_least("train.accumulation_steps", train.get("accumulation_steps", 1), 1)
+    _at_least("train.max_skipped_steps", train.get("max_skipped_steps", 50), 1)
     _at_least("train.keep_checkpoints", train.keep_checkpoints, 1)
     _at_least("train.log_every_steps", train.log_every_steps, 1)
     _at_least("train.weight_decay", train.weight_decay, 0)

@@ -80,14 +80,26 @@ class LossScale(tf.Module):
             0, dtype=tf.int64, trainable=False, name="good_steps",
             synchronization=on_write, aggregation=first,
         )  # fmt: skip
+        # Steps skipped in a row: the training loop stops a run whose gradients stay
+        # non-finite instead of halving the scale to zero and skipping every later step.
+        self.skipped_in_row = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="skipped_in_row",
+            synchronization=on_write, aggregation=first,
+        )  # fmt: skip
+
+    @property
+    def state(self) -> list[tf.Variable]:
+        return [self.scale, self.good_steps, self.skipped_in_row]
 
     def next_values(self, finite):
-        """(scale, good_steps) after a step that was (or was not) finite; no branch."""
+        """(scale, good_steps, skipped_in_row) after a step that was (or was not) finite; no
+        branch."""
         good = self.good_steps + 1
         grow = good >= self.growth_steps
         scale = tf.where(finite, tf.where(grow, self.scale * 2.0, self.scale), self.scale / 2.0)
         good = tf.where(tf.logical_and(finite, tf.logical_not(grow)), good, tf.zeros_like(good))
-        return scale, good
+        skipped = tf.where(finite, tf.zeros_like(self.skipped_in_row), self.skipped_in_row + 1)
+        return scale, good, skipped
 
 
 class EMA:
@@ -109,6 +121,12 @@ class EMA:
             tf.Variable(w, trainable=False, name=f"ema/{w.path}", dtype=w.dtype)
             for w in self.model_weights
         ]
+        self._swap = None
+
+    def averages_of(self, variables) -> list[tf.Variable]:
+        """The averages of the given model weights."""
+        by_weight = {id(w): a for w, a in zip(self.model_weights, self.averages, strict=True)}
+        return [by_weight[id(v)] for v in variables if id(v) in by_weight]
 
     def decay_at(self, step) -> tf.Tensor:
         step = tf.cast(step, tf.float32)
@@ -138,7 +156,13 @@ class EMA:
         _maybe_merge_call(per_device, decay, finite)
 
     def swap(self):
-        """Exchanges model weights and averages (call twice to undo)."""
+        """Exchanges model weights and averages (call twice to undo): one traced call, not one
+        eager operation per variable (B5: over 700 variables, each a host round trip)."""
+        if self._swap is None:
+            self._swap = tf.function(self._exchange)
+        self._swap()
+
+    def _exchange(self):
         for average, weight in zip(self.averages, self.model_weights, strict=True):
             kept = tf.identity(weight)
             weight.assign(tf.cast(average, weight.dtype))
@@ -216,8 +240,10 @@ class ReplicaStep:
         ema: EMA | None = None,
         head: str = "softmax",
         regression_loss: str = "mse",
+        accumulation_steps: int = 1,
     ):
         check_optimizer(optimizer)
+        self.accumulation_steps = int(accumulation_steps)
         self.head = heads.check(head)
         self.regression_loss = regression_loss
         self.model = model
@@ -237,8 +263,10 @@ class ReplicaStep:
         """(loss, L2 term, head outputs, gradients) on this replica's share of the global batch.
 
         The loss is averaged over the global batch and the L2 term split across replicas, so
-        summing over replicas gives the single-device values. Under float16 the gradients are
-        those of the scaled loss.
+        summing over replicas gives the single-device values; with gradient accumulation each
+        of the ``accumulation_steps`` parts carries its share of the L2 term, so the parts sum
+        to one step's loss and gradients. Under float16 the gradients are those of the scaled
+        loss.
         """
         # Integer grades [B], or targets [B, K] (a self-training student's batches: one-hot
         # grades and the teacher's probabilities); other heads read a target's argmax.
@@ -265,21 +293,52 @@ class ReplicaStep:
             if self.class_weights is not None:
                 per_example *= tf.gather(self.class_weights, labels)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
-            reg = recipes.l2_loss(self.model, self.weight_decay) / self.num_replicas
+            reg = recipes.l2_loss(self.model, self.weight_decay) / (
+                self.num_replicas * self.accumulation_steps
+            )
             total = loss + reg
             if self.loss_scale is not None:
                 total = total * self.loss_scale.scale
         gradients = tape.gradient(total, self.model.trainable_variables)
         return loss, reg, logits, gradients
 
+    def _micro_batches(self, images, labels):
+        """This replica's share of the batch in ``accumulation_steps`` equal parts."""
+        a = self.accumulation_steps
+        if a == 1:
+            return [(images, labels)]
+        return list(zip(tf.split(images, a), tf.split(labels, a), strict=True))
+
     def __call__(self, images, labels, step):
-        """Returns (loss, L2 term, confusion matrix, 1 if the update was applied else 0)."""
-        loss, reg, logits, gradients = self.loss_and_gradients(images, labels)
-        if labels.shape.rank == 2:
-            labels = tf.argmax(labels, -1, output_type=tf.int32)
+        """One optimizer step on this replica's share of the global batch.
+
+        Returns (loss, L2 term, confusion matrix, 1 if the update was applied else 0, index of
+        the first trainable variable whose summed gradient is not finite or -1).
+        """
+        # Images travel host -> device as uint8 (a quarter of float32's bytes).
+        images = tf.cast(images, tf.float32) if images.dtype == tf.uint8 else images
         variables = self.model.trainable_variables
-        kept = [i for i, g in enumerate(gradients) if g is not None]
-        grads = [gradients[i] for i in kept]
+        grads, loss, reg, confusion, kept = None, 0.0, 0.0, 0, None
+        for part_images, part_labels in self._micro_batches(images, labels):
+            if grads is not None:
+                # The next part's forward pass waits for the last part's gradients, so one
+                # part's activations are held at a time (the point of accumulating).
+                with tf.control_dependencies(grads):
+                    part_images = tf.identity(part_images)
+            part_loss, part_reg, logits, gradients = self.loss_and_gradients(
+                part_images, part_labels
+            )
+            if kept is None:
+                kept = [i for i, g in enumerate(gradients) if g is not None]
+            gradients = [gradients[i] for i in kept]
+            grads = (
+                gradients
+                if grads is None
+                else [g + h for g, h in zip(grads, gradients, strict=True)]
+            )
+            loss += part_loss
+            reg += part_reg
+            confusion += self._confusion(part_labels, logits)
         variables = [variables[i] for i in kept]
         context = tf.distribute.get_replica_context()
         finite = None
@@ -291,22 +350,30 @@ class ReplicaStep:
             scale = tf.identity(self.loss_scale.scale)
             grads = [g / scale for g in grads]
             finite = tf.logical_and(tf.equal(not_finite, 0.0), all_finite(grads))
-            new_scale, new_good = self.loss_scale.next_values(finite)
+            new_state = self.loss_scale.next_values(finite)
         else:
             grads = context.all_reduce(_SUM, grads)
         apply_gradients(self.optimizer, grads, variables, finite)
         if self.ema is not None:
             self.ema.update(step, finite)
         if self.loss_scale is not None:
-            _assign_per_device(self.loss_scale.scale, new_scale)
-            _assign_per_device(self.loss_scale.good_steps, new_good)
-        confusion = tf.math.confusion_matrix(
-            labels,
-            tf.argmax(
-                heads.probabilities(logits, self.head, self.num_classes), -1, output_type=tf.int32
-            ),
-            self.num_classes,
-            dtype=tf.int64,
-        )
+            for variable, value in zip(self.loss_scale.state, new_state, strict=True):
+                _assign_per_device(variable, value)
         applied = tf.constant(1, tf.int64) if finite is None else tf.cast(finite, tf.int64)
-        return loss, reg, confusion, applied
+        return loss, reg, confusion, applied, first_not_finite(grads, kept)
+
+    def _confusion(self, labels, logits):
+        if labels.shape.rank == 2:
+            labels = tf.argmax(labels, -1, output_type=tf.int32)
+        predicted = tf.argmax(
+            heads.probabilities(logits, self.head, self.num_classes), -1, output_type=tf.int32
+        )
+        return tf.math.confusion_matrix(labels, predicted, self.num_classes, dtype=tf.int64)
+
+
+def first_not_finite(grads, indices) -> tf.Tensor:
+    """The index (from ``indices``) of the first gradient with a non-finite value, else -1."""
+    finite = tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    position = tf.argmin(tf.cast(finite, tf.int32), output_type=tf.int32)
+    index = tf.gather(tf.constant(indices, tf.int64), position)
+    return tf.where(tf.reduce_all(finite), tf.constant(-1, tf.int64), index)

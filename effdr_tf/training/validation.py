@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from effdr_tf.models import heads
 from effdr_tf.pipeline import input as pipeline
+from effdr_tf.training import distribute
 
 
 class Validation:
@@ -31,10 +32,15 @@ class Validation:
         self.traces = 0  # how often the step was traced (benchmarks, tests)
         self._step = None
 
-    def dataset(self, split: str) -> tf.data.Dataset:
-        """(images, labels, mask) batches of ``batch_size``; mask is False on the padding."""
+    def dataset(self, split: str, input_context=None) -> tf.data.Dataset:
+        """(images, labels, mask) batches of ``batch_size`` (per replica with
+        ``input_context``: this worker's part of the split); mask is False on the padding."""
         batch, size = self.batch_size, self.image_size
-        ds = pipeline.make_dataset(self.config, split, training=False, batch_size=batch)
+        ds = pipeline.make_dataset(
+            self.config, split, training=False, batch_size=batch, input_context=input_context
+        )
+        if input_context is not None:
+            batch = input_context.get_per_replica_batch_size(batch)
 
         def pad(images, labels):
             n = tf.shape(labels)[0]
@@ -61,10 +67,21 @@ class Validation:
         return step
 
     def predict(self, split: str):
-        """(labels, probabilities) for every example of ``split``, padding dropped."""
+        """(labels, probabilities) for every example of ``split``, padding dropped.
+
+        On several workers each worker scores its own part of the split (the forward pass
+        holds no collective, so parts may differ in length) and the parts are then gathered,
+        so every worker holds every prediction; on one, the whole split in order.
+        """
         if self._step is None:
             self._step = self._make_step()
-        ds = self.strategy.experimental_distribute_dataset(self.dataset(split))
+        workers = distribute.num_workers(self.strategy)
+        if workers > 1:
+            ds = self.strategy.distribute_datasets_from_function(
+                lambda ctx: self.dataset(split, ctx)
+            )
+        else:
+            ds = self.strategy.experimental_distribute_dataset(self.dataset(split))
         local = self.strategy.experimental_local_results
         labels, probabilities = [], []
         for images, batch_labels, mask in ds:
@@ -73,4 +90,18 @@ class Validation:
                 m = m.numpy()
                 probabilities.append(p.numpy()[m])
                 labels.append(y.numpy()[m])
-        return np.concatenate(labels), np.concatenate(probabilities)
+        labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
+        if workers > 1:
+            labels, probabilities = self._gather(labels, probabilities)
+        return labels, probabilities
+
+    def _gather(self, labels, probabilities):
+        """Every worker's predictions on every worker, in worker order."""
+        table = np.concatenate([labels[:, None].astype(np.float32), probabilities], axis=1)
+        local_replicas = len(self.strategy.extended.worker_devices)
+        parts = np.array_split(table, local_replicas)
+        values = self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group % local_replicas])
+        )
+        whole = self.strategy.gather(values, axis=0).numpy()
+        return whole[:, 0].astype(labels.dtype), whole[:, 1:]
