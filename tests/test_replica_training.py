@@ -63,13 +63,8 @@ def test_two_replicas_draw_their_own_masks_and_agree(tiny_data, tmp_path):
 def test_two_workers_draw_their_own_masks_and_take_the_chiefs_decisions(tiny_data, tmp_path):
     results = _workers(
         tmp_path,
-        lambda i: [
-            "tests/two_replicas.py",
-            str(tiny_data),
-            str(tmp_path / f"w{i}"),
-            "masks",
-            "decisions",
-        ],  # fmt: skip
+        # One OUT_DIR: the workers share model_dir, as they must.
+        lambda i: ["tests/two_replicas.py", str(tiny_data), str(tmp_path), "masks", "decisions"],
         timeout=600,
     )
     found = []

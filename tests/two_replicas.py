@@ -293,6 +293,8 @@ def check_masks(out):
     first.restore()
     a1 = forward(first)
     first.checkpoints.save(0)
+    # A barrier: the other worker restores the chief's checkpoint only once it is written.
+    strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     a2 = forward(first)
     again = trainer_for(strategy, "masks_b", config=config)
     again.restore()

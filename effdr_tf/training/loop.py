@@ -297,7 +297,9 @@ class Trainer:
         tracked["rng"] = replica_state.seed_states(self.model)
         # Iterators over one device are checkpointable; tf.distribute's multi-device iterators
         # are not, so those runs resume on a stream reshuffled by the step instead.
-        self.input_checkpointed = bool(config.train.checkpoint_input) and isinstance(
+        wanted = config.train.checkpoint_input
+        wanted = config.train.deterministic if wanted is None else wanted
+        self.input_checkpointed = bool(wanted) and isinstance(
             self.iterator, tf.__internal__.tracking.Trackable
         )
         if self.input_checkpointed:
