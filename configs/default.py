@@ -132,7 +132,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 3
     # The input position in checkpoints (one device only; exact resume). It holds the shuffle
     # buffer's encoded records: at 456 px and data.shuffle_buffer=2048 a B0 checkpoint grows
-    # from 47 MB to about 600 MB (benchmarks/host_step.py). None (auto): with
+    # from 48.5 MB to 183 MB on synthetic_dr (benchmarks/host_step.py; real photographs
+    # compress less), and a few are kept and rewritten every 500 steps. None (auto): with
     # train.deterministic, which asks for exact resumes; otherwise a resumed run reads a
     # stream reshuffled by the step, as multi-device runs always do.
     config.train.checkpoint_input = ml_collections.config_dict.placeholder(bool)
