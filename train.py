@@ -31,6 +31,8 @@ def main(argv):
     if _DATA_DIR.value:
         config.data.data_dir = _DATA_DIR.value
     options.check(config)
+    if _STRATEGY.value == "tpu":  # before TensorFlow loads and the TPU is connected
+        options.check_tpu_paths(_TPU.value, _MODEL_DIR.value, config.data.data_dir)
     from effdr_tf.training import loop
 
     loop.train(config, _MODEL_DIR.value, strategy=_STRATEGY.value, tpu=_TPU.value)

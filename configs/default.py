@@ -92,7 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.steps_per_epoch = 0  # 0: training examples // global batch
     config.train.optimizer = "adam"  # rmsprop, adam, sgd
     config.train.learning_rate = 1e-4
-    config.train.lr_scaling = "none"  # "linear": learning_rate is per 256 images
+    # "linear" or "sqrt": learning_rate is per 256 images, scaled by batch/256 or its square
+    # root (recipes.base_learning_rate); "none": the rate as it is.
+    config.train.lr_scaling = "none"
     config.train.warmup_epochs = 0.0
     config.train.schedule = "constant"  # exponential, step, plateau, constant
     config.train.decay_epochs = 2.0
@@ -115,7 +117,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.freeze_backbone_epochs = 0
     config.train.unfreeze_stages_per_epoch = 0  # after the frozen epochs; 0: all at once
     config.train.mixed_precision = "auto"  # auto, float32, mixed_float16, mixed_bfloat16
-    # None (auto): XLA on GPU and TPU; off on CPU, where it is ~6x slower (benchmarks/).
+    # None (auto): XLA on GPUs of one machine and on TPU; off on CPU, where it is ~6x slower
+    # (benchmarks/), and across machines, where TensorFlow's XLA all-reduce cannot reach other
+    # hosts (True is refused there; effdr_tf/training/distribute.py PER_DEVICE_DEFAULTS).
     config.train.jit_compile = ml_collections.config_dict.placeholder(bool)
     # Steps per host call; 0 (auto): 100 on TPU (a host loop in one tf.function), 1 elsewhere.
     config.train.steps_per_execution = 0
@@ -190,22 +194,54 @@ def thesis_dr_finetune_recipe(config: ml_collections.ConfigDict) -> ml_collectio
     return config
 
 
-# Images per TPU core in the TPU recipes: 8 cores of a v3-8 / v4-8 TPU VM take 64 images a step.
-# The thesis's batch of 8 would put one image on each core: batch statistics over one image and
-# cores that mostly wait.
-TPU_IMAGES_PER_CORE = 8
-TPU_CORES = 8
+# The TPU recipes' global batch: 64 images, what a v3-8 TPU VM takes at 8 images on each of
+# its 8 TensorCores (8 devices), and a v4-8 at 16 on each of its 4 devices (a v4 chip's two
+# TensorCores act as one device, "megacore"; Cloud TPU docs, TPU v4). The thesis's batch of 8
+# would put one image on each v3 core: batch statistics over one image and cores that mostly
+# wait.
+TPU_IMAGES_PER_CORE = 8  # v3-8 (16 per device on a v4-8)
+TPU_CORES = 8  # a v3-8's TensorCores
+# Adaptive optimizers, whose rate follows the batch by the square root (below).
+ADAPTIVE_OPTIMIZERS = ("adam", "rmsprop")
+# Warm-up added to a recipe that has none when the TPU batch raises its rate. The scaling rules
+# come with a gradual warm-up (Goyal et al. 2017, sec. 2.2: 5 epochs of 90 on ImageNet; the
+# EfficientNet recipe: 5 of 350). One epoch here, at most 549 steps of 64 (Kaggle 2015 has
+# 35,126 training images before the validation split): the thesis schedule halves the rate
+# every 2 epochs counted from step 0 (recipes.LearningRate, as tensorflow/tpu), so a ramp past
+# epoch 2 would never reach the full rate; one epoch leaves a full epoch at it before the first
+# halving.
+TPU_WARMUP_EPOCHS = 1.0
 
 
 def tpu_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Scales a recipe to a TPU VM: the global batch fills the cores, and the learning rate
-    follows the batch by the linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch
-    SGD"; tensorflow/tpu states its rate per 256 images the same way)."""
+    """Scales a recipe to a TPU VM: the global batch fills the cores and the learning rate
+    follows the batch.
+
+    A recipe that states its rate per 256 images (``lr_scaling`` "linear" or "sqrt") keeps it
+    and its rule: the EfficientNet paper's (``paper_imagenet_recipe``) is RMSProp at 0.016 per
+    256 images, scaled linearly, with 5 warm-up epochs, as published for batch 4096
+    (tensorflow/tpu efficientnet main.py), so ``b5,paper,tpu`` runs the published recipe at 64.
+    A rate stated for the recipe's own batch becomes a rate per 256 images: linear for SGD
+    (Goyal et al. 2017, "Accurate, Large Minibatch SGD"), square root for Adam and RMSProp
+    (Hoffer et al. 2017, "Train longer, generalize better"; Malladi et al. 2022, "On the SDEs
+    and Scaling Rules for Adaptive Gradient Algorithms", derive it for both). A recipe without
+    a warm-up whose rate the larger batch raises gets ``TPU_WARMUP_EPOCHS``. The thesis recipe:
+    Adam 1e-4 at batch 8 becomes 1e-4 * sqrt(64 / 8) = 2.8e-4 at 64, after a 1-epoch ramp.
+    """
     batch = TPU_IMAGES_PER_CORE * TPU_CORES
+    recipe_batch = config.data.batch_size
     t = config.train
-    if t.lr_scaling != "linear":  # make the configured rate a rate per 256 images
-        t.learning_rate = t.learning_rate * 256.0 / config.data.batch_size
-        t.lr_scaling = "linear"
+    if t.lr_scaling == "none":
+        if t.optimizer in ADAPTIVE_OPTIMIZERS:
+            t.learning_rate = t.learning_rate * (256.0 / recipe_batch) ** 0.5
+            t.lr_scaling = "sqrt"
+        else:
+            t.learning_rate = t.learning_rate * 256.0 / recipe_batch
+            t.lr_scaling = "linear"
+    if batch > recipe_batch and not t.warmup_epochs:
+        t.warmup_epochs = TPU_WARMUP_EPOCHS
+        if t.schedule in ("step", "exponential"):  # end the ramp before the first decay
+            t.warmup_epochs = min(TPU_WARMUP_EPOCHS, t.decay_epochs / 2)
     config.data.batch_size = batch
     config.data.eval_batch_size = batch
     t.mixed_precision = "mixed_bfloat16"  # the TPU's native type (what "auto" picks there)

@@ -6,7 +6,12 @@
                                               thesis table 4.4: BalancedSampler + RandAugment
     --config=configs/kaggle_dr.py:b5,paper    the EfficientNet ImageNet recipe, from scratch
     --config=configs/kaggle_dr.py:b5,tpu      the thesis recipe at a batch that fills a TPU VM
-                                              (64 images, learning rate scaled linearly)
+                                              (64 images; Adam's rate scaled by the square
+                                              root of the batch, 1e-4 -> 2.8e-4, after a
+                                              1-epoch warm-up: default.tpu_recipe)
+    --config=configs/kaggle_dr.py:b5,paper,tpu
+                                              the paper recipe at 64 images, as published:
+                                              0.016 per 256 images, linear, 5 warm-up epochs
 Pass the pretrained checkpoint with --config.model.weights=PATH (e.g. a timm
 tf_efficientnet_b5.ns_jft_in1k file, the thesis's best starting point).
 """

@@ -2,6 +2,7 @@
 host loops, exports of mixed-precision runs, and model_dir/data_dir on a bucket (ram://)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -193,32 +194,76 @@ def test_tpu_without_a_name_asks_for_the_local_tpu():
         ):
             distribute.make_strategy("tpu")
         assert seen["tpu"] == "local"
+        seen.clear()
+        # A TPU VM reads and writes its own disk: local paths go on to the resolver.
+        with pytest.raises(EffdrError, match="cannot reach the local TPU"):
+            distribute.make_strategy("tpu", model_dir="/run", data_dir="/data")
+        assert seen["tpu"] == "local"
         with pytest.raises(EffdrError, match="cannot reach --tpu=node-1: no TPU here"):
             distribute.make_strategy("tpu", "node-1")
         assert seen["tpu"] == "node-1"
 
 
-def test_per_device_defaults():
-    default = tf.distribute.get_strategy()
-    assert distribute.jit_compile(None, default) is False  # CPU
-    assert distribute.jit_compile(True, default) is True
-    assert distribute.steps_per_execution(0, default) == 1
-    assert distribute.steps_per_execution(7, default) == 7
-    assert distribute.sync_batch_norm(None, default) is False  # one replica
-    assert distribute.sync_batch_norm(True, default) is True
-    mirrored = mock.Mock(spec=tf.distribute.MirroredStrategy, num_replicas_in_sync=8)
-    mirrored.cluster_resolver = None
-    assert distribute.sync_batch_norm(None, mirrored) is True
-    workers = mock.Mock(spec=tf.distribute.MultiWorkerMirroredStrategy, num_replicas_in_sync=8)
-    workers.cluster_resolver.cluster_spec.return_value.as_dict.return_value = {
-        "worker": ["a:1", "b:1"]
-    }
-    assert distribute.sync_batch_norm(None, workers) is False
-    assert distribute.sync_batch_norm(True, workers) is True
-    tpu = mock.Mock(spec=tf.distribute.TPUStrategy, num_replicas_in_sync=8)
-    assert distribute.sync_batch_norm(None, tpu) is True
-    assert distribute.steps_per_execution(0, tpu) == distribute.TPU_STEPS_PER_EXECUTION
-    assert distribute.jit_compile(None, tpu) is False  # the TPU program is compiled anyway
+def _strategy(kind: str, replicas: int, machines: int = 1):
+    """A stand-in for a strategy of ``kind`` with ``replicas`` over ``machines``."""
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    spec = {
+        "mirrored": tf.distribute.MirroredStrategy,
+        "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,
+        "tpu": tf.distribute.TPUStrategy,
+    }[kind]
+    strategy = mock.Mock(spec=spec, num_replicas_in_sync=replicas)
+    if kind == "mirrored":
+        strategy.cluster_resolver = None
+    elif kind == "multi_worker":
+        strategy.cluster_resolver.cluster_spec.return_value.as_dict.return_value = {
+            "worker": [f"host{i}:12345" for i in range(machines)]
+        }
+    return strategy
+
+
+# (strategy, GPUs on this machine, replicas, machines) -> unset jit_compile, steps per
+# execution, sync batch norm, and what jit_compile=True gives (a bool, or the error it raises).
+PER_DEVICE = {
+    "CPU": (("default", 0, 1, 1), (False, 1, False, True)),
+    "two CPU replicas": (("mirrored", 0, 2, 1), (False, 1, True, "needs GPUs")),
+    "one GPU": (("default", 1, 1, 1), (True, 1, False, True)),
+    "four GPUs": (("mirrored", 4, 4, 1), (True, 1, True, True)),
+    "one worker, four GPUs": (("multi_worker", 4, 4, 1), (True, 1, True, True)),
+    "two machines of four GPUs": (
+        ("multi_worker", 4, 8, 2),
+        (False, 1, False, "across several machines"),
+    ),
+    "two CPU machines": (("multi_worker", 0, 2, 2), (False, 1, False, "across several machines")),
+    "TPU": (("tpu", 0, 8, 1), (False, distribute.TPU_STEPS_PER_EXECUTION, True, False)),
+    "one TPU core": (("tpu", 0, 1, 1), (False, distribute.TPU_STEPS_PER_EXECUTION, False, False)),
+}
+
+
+@pytest.mark.parametrize("where", PER_DEVICE)
+def test_per_device_defaults(where):
+    (kind, gpus, replicas, machines), (jit, steps, sync, jit_on) = PER_DEVICE[where]
+    strategy = _strategy(kind, replicas, machines)
+
+    def logical_devices(device_type=None):
+        return [mock.Mock(device_type="GPU")] * gpus if device_type == "GPU" else []
+
+    with mock.patch.object(tf.config, "list_logical_devices", logical_devices):
+        assert distribute.jit_compile(None, strategy) is jit
+        assert distribute.steps_per_execution(0, strategy) == steps
+        assert distribute.sync_batch_norm(None, strategy) is sync
+        if isinstance(jit_on, str):
+            with pytest.raises(EffdrError, match=jit_on) as refused:
+                distribute.jit_compile(True, strategy)
+            assert "\n" not in str(refused.value)
+        else:
+            assert distribute.jit_compile(True, strategy) is jit_on
+        # What is set is kept (jit_compile: off always runs).
+        assert distribute.jit_compile(False, strategy) is False
+        assert distribute.steps_per_execution(7, strategy) == 7
+        assert distribute.sync_batch_norm(True, strategy) is True
+        assert distribute.sync_batch_norm(False, strategy) is False
 
 
 def test_few_images_per_replica_warns(tiny_data, caplog):
@@ -347,10 +392,22 @@ def test_tpu_recipes_fill_the_cores_and_scale_the_learning_rate():
     thesis, tpu = kaggle_dr.get_config("b5"), kaggle_dr.get_config("b5,tpu")
     assert tpu.data.batch_size == 64 and thesis.data.batch_size == 8
     assert tpu.train.mixed_precision == "mixed_bfloat16"
-    assert recipes.base_learning_rate(tpu.train, 64) == pytest.approx(
-        8 * recipes.base_learning_rate(thesis.train, 8)
-    )
-    paper = kaggle_dr.get_config("b5,paper,tpu")
+    # Adam: the thesis's 1e-4 at 8 images, times the square root of 64 / 8, after a warm-up.
+    assert recipes.base_learning_rate(thesis.train, 8) == pytest.approx(1e-4)
+    assert tpu.train.lr_scaling == "sqrt"
+    assert recipes.base_learning_rate(tpu.train, 64) == pytest.approx(1e-4 * math.sqrt(64 / 8))
+    assert thesis.train.warmup_epochs == 0 and tpu.train.warmup_epochs == 1.0
+    schedule = recipes.make_schedule(tpu.train, steps_per_epoch=100, global_batch_size=64)
+    peak = 1e-4 * math.sqrt(8)
+    assert float(schedule(50)) == pytest.approx(peak / 2)  # half-way up the ramp
+    assert float(schedule(150)) == pytest.approx(peak)  # a full epoch at the peak
+    assert float(schedule(250)) == pytest.approx(peak / 2)  # the thesis's halving at epoch 2
+
+    # The paper's recipe as published: RMSProp 0.016 per 256 images, linear, 5 warm-up epochs.
+    paper, published = kaggle_dr.get_config("b5,paper,tpu"), kaggle_dr.get_config("b5,paper")
+    assert paper.train.lr_scaling == published.train.lr_scaling == "linear"
+    assert paper.train.learning_rate == published.train.learning_rate == 0.016
+    assert paper.train.warmup_epochs == published.train.warmup_epochs == 5.0
     assert recipes.base_learning_rate(paper.train, 64) == pytest.approx(0.016 * 64 / 256)
 
 
@@ -374,3 +431,148 @@ def test_a_mixed_precision_model_file_is_scored_in_float32(tiny_data, tmp_path):
     got = np.asarray(run.model(x, training=False))
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=0.1)  # bfloat16 keeps 8 bits of mantissa
+
+
+def test_learning_rate_scales_linearly_or_by_the_square_root_per_256_images():
+    from effdr_tf.training import options, recipes
+
+    train = tiny_config("unused").train
+    train.learning_rate = 1e-3
+    for scaling, at_1024 in (("linear", 4e-3), ("sqrt", 2e-3), ("none", 1e-3)):
+        train.lr_scaling = scaling
+        assert recipes.base_learning_rate(train, 256) == pytest.approx(1e-3)
+        assert recipes.base_learning_rate(train, 1024) == pytest.approx(at_1024)
+    config = tiny_config("unused", train__lr_scaling="sqrt")
+    options.check(config)
+    config.train.lr_scaling = "cube"
+    with pytest.raises(EffdrError, match="train.lr_scaling='cube': choose one of linear, sqrt"):
+        options.check(config)
+
+
+@pytest.mark.parametrize(
+    "optimizer, scaling, rate_at_64",
+    [("sgd", "linear", 1e-3 * 64 / 32), ("rmsprop", "sqrt", 1e-3 * math.sqrt(64 / 32))],
+)
+def test_tpu_recipe_scales_sgd_linearly_and_rmsprop_by_the_square_root(
+    optimizer, scaling, rate_at_64
+):
+    from configs import default
+    from effdr_tf.training import recipes
+
+    config = default.get_config()
+    config.train.optimizer, config.train.learning_rate = optimizer, 1e-3
+    config.train.schedule = "constant"
+    assert config.data.batch_size == 32 and config.train.lr_scaling == "none"
+    default.tpu_recipe(config)
+    assert config.train.lr_scaling == scaling
+    assert recipes.base_learning_rate(config.train, 64) == pytest.approx(rate_at_64)
+    assert config.train.warmup_epochs == default.TPU_WARMUP_EPOCHS
+    # A recipe's own warm-up stays; a step decay every epoch ends the ramp at half an epoch.
+    config = default.get_config()
+    config.train.warmup_epochs = 3.0
+    assert default.tpu_recipe(config).train.warmup_epochs == 3.0
+    config = default.get_config()
+    config.train.schedule, config.train.decay_epochs = "step", 1.0
+    assert default.tpu_recipe(config).train.warmup_epochs == 0.5
+
+
+def _workers_and_chief(task, **cluster):
+    cluster = cluster or {"worker": ["host1:12345", "host2:12345"]}
+    return json.dumps({"cluster": cluster, "task": task})
+
+
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        (_workers_and_chief({"type": "worker", "index": 2}), "worker index 2 is not one of the 2"),
+        (_workers_and_chief({"type": "worker", "index": -1}), "worker index -1 is not one of"),
+        (_workers_and_chief({"type": "worker", "index": "0"}), "task index '0' is not a whole"),
+        (_workers_and_chief({"type": "chief", "index": 0}), "needs cluster.chief with one"),
+        (
+            _workers_and_chief({"type": "chief", "index": 1}, chief=["c:1"], worker=["w:1"]),
+            "chief index 1: the one chief is index 0",
+        ),
+        (
+            _workers_and_chief({"type": "chief", "index": 0}, chief=["c:1", "c:2"], worker=[]),
+            "needs cluster.chief with one address \\(it has 2\\)",
+        ),
+        (_workers_and_chief({"type": "ps", "index": 0}), "task type 'ps': choose worker or chief"),
+        (_workers_and_chief({"type": "worker"}), "no 'index' entry"),
+        ('{"cluster": ["host1:1"], "task": {"type": "worker", "index": 0}}', "not valid"),
+    ],
+)
+def test_tf_config_with_a_task_outside_its_cluster_is_one_line(monkeypatch, tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with (
+        mock.patch.object(tf.distribute, "MultiWorkerMirroredStrategy") as made,
+        pytest.raises(EffdrError, match=message) as refused,
+    ):
+        distribute.make_strategy("multi_worker")
+    assert str(refused.value).startswith("TF_CONFIG is not valid for multi-worker training")
+    assert "\n" not in str(refused.value)
+    made.assert_not_called()
+
+
+@pytest.mark.parametrize(
+    "tf_config",
+    [
+        _workers_and_chief({"type": "worker", "index": 0}),
+        _workers_and_chief({"type": "worker", "index": 1}),
+        _workers_and_chief({"type": "chief", "index": 0}, chief=["c:1"], worker=["w:1"]),
+        _workers_and_chief({"type": "worker", "index": 0}, chief=["c:1"], worker=["w:1"]),
+    ],
+)
+def test_tf_config_naming_a_task_of_its_cluster_makes_the_strategy(monkeypatch, tf_config):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with mock.patch.object(tf.distribute, "MultiWorkerMirroredStrategy") as made:
+        assert distribute.make_strategy("multi_worker") is made.return_value
+    made.assert_called_once_with()
+
+
+@pytest.mark.parametrize(
+    "tpu, model_dir, data_dir, refused",
+    [
+        ("node-1", "/home/me/run", "gs://b/tfrec", "--model_dir=/home/me/run: --tpu=node-1 is"),
+        ("node-1", "gs://b/run", "tfrec", "--data_dir=tfrec: --tpu=node-1 is a TPU node"),
+        ("grpc://10.0.0.2:8470", "gs://b/run", "ram://b/tfrec", "--data_dir=ram://b/tfrec"),
+        ("node-1", "gs://b/run", "gs://b/tfrec", None),
+        (None, "/home/me/run", "tfrec", None),  # a TPU VM: its own disk
+        ("local", "/home/me/run", "tfrec", None),
+    ],
+)
+def test_a_tpu_node_is_refused_local_paths_before_it_is_reached(tpu, model_dir, data_dir, refused):
+    if refused is None:
+        distribute.check_tpu_paths(tpu, model_dir, data_dir)  # raises nothing
+        return
+    with pytest.raises(EffdrError, match=refused) as error:
+        distribute.check_tpu_paths(tpu, model_dir, data_dir)
+    assert "\n" not in str(error.value) and "gs://" in str(error.value)
+    resolver = mock.Mock(side_effect=AssertionError("the TPU was reached"))
+    with (
+        mock.patch.object(tf.distribute.cluster_resolver, "TPUClusterResolver", resolver),
+        pytest.raises(EffdrError, match=refused),
+    ):
+        distribute.make_strategy("tpu", tpu, model_dir=model_dir, data_dir=data_dir)
+    resolver.assert_not_called()
+
+
+def test_train_refuses_a_local_model_dir_for_a_tpu_node_before_tensorflow_loads(tmp_path):
+    from tests.test_command_lines import one_error_line, run_without_tensorflow
+
+    out = tmp_path / "run"
+    result = run_without_tensorflow(
+        "train.py", "--config=configs/demo.py", "--data_dir=gs://bucket/tfrec",
+        f"--model_dir={out}", "--strategy=tpu", "--tpu=node-1",
+    )  # fmt: skip
+    one_error_line(result, f"--model_dir={out}: --tpu=node-1 is a TPU node")
+    assert not out.exists()
+
+
+def test_per_device_defaults_cover_every_placement():
+    """Every row of the table is reached by one case above, and every case names a row."""
+    seen = set()
+    for (kind, gpus, replicas, machines), _ in PER_DEVICE.values():
+        devices = [mock.Mock()] * gpus
+        with mock.patch.object(tf.config, "list_logical_devices", return_value=devices):
+            seen.add(distribute.placement(_strategy(kind, replicas, machines)))
+    assert seen == set(distribute.PER_DEVICE_DEFAULTS)

@@ -780,7 +780,9 @@ def train(
             "reproducible only up to float rounding (about 1e-5 relative)",
             strategy,
         )
-    strategy_obj = distribute.make_strategy(strategy, tpu)
+    strategy_obj = distribute.make_strategy(
+        strategy, tpu, model_dir=model_dir, data_dir=config.data.data_dir
+    )
     try:
         return Trainer(config, model_dir, strategy_obj, progress=progress).run()
     finally:

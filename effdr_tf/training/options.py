@@ -13,7 +13,9 @@ from effdr_tf.errors import EffdrError
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 SCHEDULES = ("exponential", "step", "plateau", "constant")
-LR_SCALINGS = ("linear", "none")
+# How train.learning_rate follows the global batch (recipes.base_learning_rate): "linear" and
+# "sqrt" state it per 256 images, "none" takes it as it is.
+LR_SCALINGS = ("linear", "sqrt", "none")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 BEST_METRICS = ("kappa", "accuracy", "loss")
 # effdr_tf.models.heads, repeated here so that checking flags does not import Keras.
@@ -34,6 +36,34 @@ def _choice(name: str, value, choices: tuple[str, ...]) -> None:
 def _fraction(name: str, value, *, closed: bool = False) -> None:
     if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
         raise EffdrError(f"{name}={value}: must be in [0, 1{']' if closed else ')'}")
+
+
+def check_tpu_paths(tpu: str | None, model_dir: str | None, data_dir: str | None) -> None:
+    """Refuses local folders for a TPU node.
+
+    A TPU node (``--tpu=NAME`` or a ``grpc://`` address) runs the input pipeline and the
+    checkpoint writes on its own hosts, which reach Cloud Storage but not this machine's disk:
+    a local path would fail only after the TPU is connected and the model built. A TPU VM
+    (``tpu`` unset or ``"local"``) is the machine the paths are on. Here, not in
+    ``distribute``, so that train.py refuses before TensorFlow loads; ``make_strategy`` runs it
+    too for callers of the library.
+
+    Args:
+        tpu: the ``--tpu`` flag; ``None`` or ``"local"`` for a TPU VM.
+        model_dir: the run's folder.
+        data_dir: the builder's output folder.
+
+    Raises:
+        EffdrError: naming the flag and the path that is not a ``gs://`` path.
+    """
+    if not tpu or tpu == "local":
+        return
+    for flag, path in (("--model_dir", model_dir), ("--data_dir", data_dir)):
+        if path and not str(path).startswith("gs://"):
+            raise EffdrError(
+                f"{flag}={path}: --tpu={tpu} is a TPU node, which reads and writes only Cloud "
+                "Storage; give a gs:// path (or run on a TPU VM without --tpu)"
+            )
 
 
 def check(config) -> None:

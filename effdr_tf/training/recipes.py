@@ -5,11 +5,13 @@ The numbers live in configs/ with their sources; this module turns a config into
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
 from effdr_tf.errors import EffdrError
-from effdr_tf.training.options import OPTIMIZERS, SCHEDULES
+from effdr_tf.training.options import LR_SCALINGS, OPTIMIZERS, SCHEDULES
 
 
 class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
@@ -78,12 +80,21 @@ def bn_momentum(setting: float, steps_per_epoch: int) -> float:
 
 
 def base_learning_rate(train_config, global_batch_size: int) -> float:
-    """The configured rate, scaled linearly per 256 images when ``lr_scaling="linear"``."""
+    """The rate at ``global_batch_size`` images a step.
+
+    ``lr_scaling="linear"``: ``learning_rate`` is per 256 images and grows with the batch
+    (Goyal et al. 2017, for SGD; tensorflow/tpu states its RMSProp rate so). ``"sqrt"``: per
+    256 images, times ``sqrt(batch / 256)``, the rule for adaptive optimizers (Hoffer et al.
+    2017; Malladi et al. 2022 derive it for Adam and RMSProp). ``"none"``: as configured.
+    """
     lr = float(train_config.learning_rate)
-    if train_config.lr_scaling == "linear":
+    scaling = train_config.lr_scaling
+    if scaling == "linear":
         return lr * global_batch_size / 256.0
-    if train_config.lr_scaling != "none":
-        raise EffdrError(f"train.lr_scaling={train_config.lr_scaling!r}: choose linear or none")
+    if scaling == "sqrt":
+        return lr * math.sqrt(global_batch_size / 256.0)
+    if scaling != "none":
+        raise EffdrError(f"train.lr_scaling={scaling!r}: choose one of {', '.join(LR_SCALINGS)}")
     return lr
 
 
