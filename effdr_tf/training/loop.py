@@ -120,7 +120,11 @@ def check_config(config, strategy) -> Setup:
 
 
 def prepare_model_dir(model_dir: str, config, chief: bool) -> None:
-    """Creates model_dir, proves it writable, and records (or checks) the resolved config."""
+    """Creates model_dir, proves it writable, and records (or checks) the resolved config.
+
+    A config that differs from the recorded one only in a higher ``train.epochs`` extends the
+    run: config.json is rewritten with the new length. Any other difference is refused.
+    """
     if not model_dir:
         raise EffdrError("--model_dir is required")
     resolved = config.to_json_best_effort(indent=1, sort_keys=True)
@@ -139,14 +143,35 @@ def prepare_model_dir(model_dir: str, config, chief: bool) -> None:
         with tf.io.gfile.GFile(path) as f:
             before = json.load(f)
         after = json.loads(resolved)
-        if before != after:
-            changed = sorted(_diff_keys(before, after))
-            raise EffdrError(
-                f"{model_dir}: holds a run with another config (differs in "
-                f"{', '.join(changed[:5])}); resume with the same settings or use a new model_dir"
-            )
-        return
+        if before == after:
+            return
+        changed = sorted(_diff_keys(before, after))
+        if changed == ["train.epochs"]:
+            old, new = int(before["train"]["epochs"]), int(after["train"]["epochs"])
+            if new < old:
+                raise EffdrError(
+                    f"{model_dir}: holds a run of {old} epochs; train.epochs={new} would shorten "
+                    f"it (a run can only be extended): resume with train.epochs={old} or more, "
+                    "or use a new model_dir"
+                )
+            # The schedule is a function of the global step, so an extended run continues the
+            # same learning-rate curve; config.json records the new length for later resumes.
+            _write_config(path, resolved)
+            print(f"{model_dir}: extending the run from {old} to {new} epochs", flush=True)
+            return
+        raise EffdrError(
+            f"{model_dir}: holds a run with another config (differs in "
+            f"{', '.join(changed[:5])}); resume with the same settings (only train.epochs may "
+            "be raised) or use a new model_dir"
+        )
+    _write_config(path, resolved)
+
+
+def _write_config(path: str, resolved: str) -> None:
+    """Writes config.json through a temporary name, so a reader never sees half of it."""
     tmp = f"{path}.tmp"
+    if tf.io.gfile.exists(tmp):  # left by a kill; ram:// would append to it
+        tf.io.gfile.remove(tmp)
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(resolved + "\n")
     tf.io.gfile.rename(tmp, path, overwrite=True)
@@ -307,7 +332,7 @@ class Trainer:
         self.checkpoints = checkpointing.Checkpoints(
             model_dir, strategy, tracked, config.train.keep_checkpoints
         )
-        self.monitor = Monitor(model_dir, self.chief)
+        self._monitor = None
         self._train_fn = None
         self._open_groups = None
         self.validation = Validation(
@@ -318,6 +343,14 @@ class Trainer:
             head=config.model.head,
             num_classes=s.num_classes,
         )
+
+    @property
+    def monitor(self) -> Monitor:
+        """TensorBoard and log.csv, opened on first use: after the restore in ``run``, so a
+        run whose checkpoints do not read writes no event file."""
+        if self._monitor is None:
+            self._monitor = Monitor(self.model_dir, self.chief)
+        return self._monitor
 
     def _make_iterator(self, seed: int, examples_seen: int = 0):
         config = self.config.copy_and_resolve_references()
