@@ -586,8 +586,13 @@ def test_cut_points_fitted_on_validation_grade_new_photographs(trained_run, tmp_
         rows = list(csv.DictReader(f))
     for row in rows:
         p = np.array([float(row[f"p{c}"]) for c in range(5)])
-        want = int(thresholds.apply(thresholds.expected_grade(p[None]), cuts)[0])
-        assert int(row["grade_fitted"]) == want and int(row["grade"]) == int(p.argmax())
+        expected = thresholds.expected_grade(p[None])
+        want = int(thresholds.apply(expected, cuts)[0])
+        assert int(row["grade"]) == int(p.argmax())
+        # The CSV's rounded probabilities can put an expected grade that sits on a cut point
+        # on its other side; such a row is checked by its argmax grade alone.
+        if np.min(np.abs(expected[0] - cuts)) > 1e-3:
+            assert int(row["grade_fitted"]) == want
     bad = tmp_path / "bad.json"
     bad.write_text('{"cut_points": [0.5]}')
     with pytest.raises(EffdrError, match="1 cut points for a model of 5 grades"):
