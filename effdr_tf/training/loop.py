@@ -399,7 +399,6 @@ class Trainer:
                 "skipped": skipped,
                 "bad_variable": bad,
                 "learning_rate": self.schedule(self.optimizer.iterations),
-                "step": tf.identity(self.step),
             }
             if self.loss_scale is not None:
                 out["loss_scale"] = tf.identity(self.loss_scale.scale)
@@ -429,7 +428,7 @@ class Trainer:
 
         def train_steps(iterator, n):
             """The device-side figures of n steps: mean loss and L2 term, confusion, steps
-            skipped for overflow, the last step's learning rate, step and loss-scale state.
+            skipped for overflow, the last step's learning rate and loss-scale state.
 
             One step is traced without a loop: a tf.while_loop around the step costs time
             (grappler optimises loop bodies less) and one step per call is the usual case off

@@ -24,7 +24,6 @@ brought back together:
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 # Added to a seed state's first element per global replica id: a prime far above the number
@@ -72,13 +71,6 @@ def separate_random_streams(strategy, model) -> None:
             state.assign(state + tf.stack([shift, tf.zeros_like(shift)]))
 
     tf.function(lambda: strategy.run(offset))()
-
-
-def replica_values(variable) -> list[np.ndarray]:
-    """Every local copy of ``variable`` (one on a single device)."""
-    variable = _tf_variable(variable)
-    values = getattr(variable, "values", None)
-    return [x.numpy() for x in values] if values is not None else [variable.numpy()]
 
 
 class MovingStatistics:
