@@ -1,7 +1,8 @@
 """The tfds ``diabetic_retinopathy_detection/btgraham-300`` preprocessing, written out plainly.
 
 A peer for ``builder_throughput.py`` and the reference that ``tests/test_fundus.py`` checks our
-``fundus.btgraham`` against (ANCHORS.md describes the procedure).
+``fundus.btgraham`` against (tensorflow_datasets' ``diabetic_retinopathy_detection``
+builder, ``btgraham-300`` config).
 """
 
 import cv2

@@ -176,7 +176,7 @@ def paper_imagenet_recipe(config: ml_collections.ConfigDict) -> ml_collections.C
 
 
 def thesis_dr_finetune_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The thesis's DR fine-tuning of B5 Noisy-Student (ANCHORS.md)."""
+    """The thesis's DR fine-tuning of B5 Noisy-Student (thesis appendix 5.1)."""
     t = config.train
     t.optimizer = "adam"
     t.learning_rate = 1e-4

@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
     else:
         default.thesis_dr_finetune_recipe(config)
     # Thesis table 4.3 (its best, 87.08 / 85.81 % with B5-ns) trained with natural class shares
-    # and no RandAugment; table 4.4 added both and did worse (82.84 / 81.60 %, ANCHORS.md).
+    # and no RandAugment; table 4.4 added both and did worse (82.84 / 81.60 %, thesis table 4.4).
     config.balance.target = "balanced_sampler" if "sampler" in options else "natural"
     if "randaugment" in options:
         config.augment.name = "randaugment"

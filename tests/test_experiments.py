@@ -18,7 +18,7 @@ from effdr_tf.experiments import tables
 from tests import cifar_layout
 from tests.conftest import REPO
 
-# Thesis appendix 5.1, recipe by recipe (ANCHORS.md): what each shipped recipe must hold.
+# Thesis appendix 5.1, recipe by recipe: what each shipped recipe must hold.
 _CIFAR_SCRATCH = {
     "train.optimizer": "adam",
     "train.learning_rate": 1e-3,

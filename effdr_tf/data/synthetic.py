@@ -31,7 +31,7 @@ import functools
 import cv2
 import numpy as np
 
-# Grade shares of the Kaggle 2015 training set (ANCHORS.md): 25810/2443/5292/873/708.
+# Grade shares of the Kaggle 2015 training set (trainLabels.csv): 25810/2443/5292/873/708.
 EYEPACS_SHARES = (0.735, 0.070, 0.151, 0.025, 0.020)
 # Probability that a patient's second eye has the first eye's grade; otherwise it is drawn
 # afresh from the shares, which keeps the marginal shares intact.

@@ -1,14 +1,15 @@
 """Grades from a continuous score by cut points fitted to maximise quadratic weighted kappa.
 
-The top Kaggle 2015 and APTOS 2019 solutions read a grade off an expected grade (or a
-regression output) with thresholds tuned on held-out data, not with argmax: kappa rewards
-getting the order right, and a model's expected grade is pulled towards the mean grade, so the
-natural cut points 0.5, 1.5, ... are not the best ones (Ben Graham's Kaggle 2015 thresholds on
-his expected grade were 0.57, 1.37, 2.30, 3.12).
+Many entries to competitions scored by kappa (Kaggle 2015 diabetic retinopathy, APTOS 2019)
+read a grade off a continuous output (a regression, or an expected grade) with thresholds tuned
+on held-out data, rather than by argmax: kappa rewards getting the order right, and a
+model's expected grade is pulled towards the mean grade, so the natural cut points 0.5, 1.5, ...
+are not the best ones.
 
 ``fit`` searches one cut point at a time over the midpoints between neighbouring scores
-(coordinate ascent, as those solutions' "optimised rounders" do, but exhaustive per coordinate
-instead of Nelder-Mead), keeping the cut points in order, until no single move raises kappa.
+(coordinate ascent, like the "optimised rounder" of public Kaggle notebooks, but exhaustive per
+coordinate instead of Nelder-Mead), keeping the cut points in order, until no single move raises
+kappa.
 """
 
 from __future__ import annotations

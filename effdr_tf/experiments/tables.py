@@ -3,7 +3,7 @@
 Each row names a recipe (a config file and argument), the dataset and weights it needs (keys
 the user maps to folders and files: ``--data=cifar10=DIR --weights=b5-ns=FILE``), the splits to
 score and the thesis's figures for them. Figures: "EfficientNet with RandAugment for Diabetic
-Retinopathy Detection" (Imperial College, 2020), tables 4.1-4.5, as listed in ANCHORS.md.
+Retinopathy Detection" (Imperial College, 2020), tables 4.1-4.5.
 """
 
 from __future__ import annotations

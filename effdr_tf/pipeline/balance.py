@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from effdr_tf.errors import EffdrError
 
-# The thesis's class weights on Kaggle 2015 (ANCHORS.md): exactly N / (5 * n_c).
+# The thesis's class weights on Kaggle 2015 (trainLabels.csv counts): exactly N / (5 * n_c).
 THESIS_CLASS_WEIGHTS = (0.272, 2.875, 1.327, 8.047, 9.922)
 TARGETS = ("natural", "uniform", "sqrt", "thesis_class_weights", "balanced_sampler")
 
@@ -110,7 +110,7 @@ def mix(class_streams: dict[int, tf.data.Dataset], shares, seed: int | None):
 
 
 def check_single_correction(balance_target, class_weights) -> None:
-    """Rebalanced sampling and class weights in the loss correct twice (ANCHORS.md)."""
+    """Rebalanced sampling and class weights in the loss correct twice."""
     rebalanced = not (isinstance(balance_target, str) and balance_target == "natural")
     if rebalanced and class_weights:
         raise EffdrError(

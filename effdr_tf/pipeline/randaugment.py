@@ -1,9 +1,9 @@
 """RandAugment in-graph, per image, with one resampling of the image per example.
 
 The 16 operations of the reference (tensorflow/tpu autoaugment.py) plus Identity, with the
-reference's magnitude mapping (ANCHORS.md). Each image draws its own ``num_layers`` operations
-(with per-op weights) and magnitudes from a stateless seed, so results are reproducible and do
-not depend on the batch or on parallel scheduling.
+reference's magnitude mapping (``level_to_arg`` there). Each image draws its own ``num_layers``
+operations (with per-op weights) and magnitudes from a stateless seed, so results are
+reproducible and do not depend on the batch or on parallel scheduling.
 
 Speed comes from merging resamplings: the resize of the crop window, the flip and every
 geometric op an image draws (Rotate, ShearX/Y, TranslateX/Y) are affine maps, applied together
@@ -295,7 +295,7 @@ def cutout(image, half_size, seed, fill_value=FILL_VALUE):
 
 
 # --------------------------------------------------------------------------------------------
-# Magnitude to parameters (reference mapping, ANCHORS.md)
+# Magnitude to parameters (tensorflow/tpu autoaugment.py, ``level_to_arg``)
 
 
 def enhance_factor(m):

@@ -27,7 +27,7 @@ from effdr_tf.selftrain import pseudo_labels
 DONE = "done.json"
 SUMMARY = "summary"  # WORK/summary: one point per model (round 0 is the teacher)
 
-# Noisy Student's noise on the student (Xie et al. 2020, sec. 3 and ANCHORS.md). RandAugment's
+# Noisy Student's noise on the student (Xie et al. 2020, arXiv 1911.04252, sec. 3). RandAugment's
 # magnitude stays the recipe's: the paper's 27 was set for ImageNet objects at up to 800 px,
 # DR lesions are a few pixels wide and the DR recipes chose their magnitude for them.
 PAPER_NOISE = {
