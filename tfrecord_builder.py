@@ -57,6 +57,12 @@ _MAX_MEGAPIXELS = flags.DEFINE_float(
     fundus.DEFAULT_MAX_MEGAPIXELS,
     "Inputs whose header declares more pixels are rejected before decoding (16-bit: twice).",
 )
+_NEAR_DUPLICATE_DISTANCE = flags.DEFINE_integer(
+    "near_duplicate_distance",
+    24,
+    "Sources without patient ids whose photographs repeat (APTOS 2019): training images whose "
+    "256-bit perceptual hashes differ in at most this many bits stay in one split; -1: off.",
+)
 flags.mark_flag_as_required("output_dir")
 
 # Checked while the flags are parsed: a bad value is one line and exit code 2, before
@@ -70,6 +76,7 @@ for _flag, _check, _message in (
     (_VAL_FRACTION, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     (_WITHHOLD_LABELS, lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     (_MAX_MEGAPIXELS, lambda v: v > 0, "must be above 0"),
+    (_NEAR_DUPLICATE_DISTANCE, lambda v: -1 <= v <= 128, "must be -1 (off) or 0 to 128"),
 ):
     flags.register_validator(_flag.name, _check, message=f"--{_flag.name} {_message}")
 
@@ -103,6 +110,9 @@ def main(argv):
         image_format=_IMAGE_FORMAT.value,
         jpeg_quality=_JPEG_QUALITY.value,
         max_megapixels=_MAX_MEGAPIXELS.value,
+        near_duplicate_distance=(
+            None if _NEAR_DUPLICATE_DISTANCE.value < 0 else _NEAR_DUPLICATE_DISTANCE.value
+        ),
     )
     manifest = builder.build(
         source, _OUTPUT_DIR.value, options, workers=_WORKERS.value, overwrite=_OVERWRITE.value

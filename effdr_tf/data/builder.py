@@ -36,7 +36,7 @@ import numpy as np
 
 import effdr_tf
 from effdr_tf import constants, fileio
-from effdr_tf.data import fundus, splits
+from effdr_tf.data import fundus, near_duplicates, splits
 from effdr_tf.data.schema import SPLITS, UNKNOWN_LABEL, UNLABELLED, Record, Reject
 from effdr_tf.data.sources import Source
 from effdr_tf.errors import EffdrError
@@ -68,6 +68,10 @@ class BuildOptions:
         jpeg_quality: 1-100.
         max_megapixels: inputs whose header declares more are rejected before decoding (16-bit
             images count twice; see ``fundus.decode``).
+        near_duplicate_distance: for sources without patient ids whose photographs repeat
+            (``Source.near_duplicates``), training images whose perceptual hashes differ in at
+            most this many of their bits are kept in one split (``near_duplicates``); None
+            turns the grouping off.
     """
 
     image_size: int = 224
@@ -79,6 +83,7 @@ class BuildOptions:
     image_format: str = "jpeg"
     jpeg_quality: int = 95
     max_megapixels: float = fundus.DEFAULT_MAX_MEGAPIXELS
+    near_duplicate_distance: int | None = near_duplicates.DEFAULT_DISTANCE
 
     def check(self) -> None:
         if not 32 <= self.image_size <= 4096:
@@ -98,6 +103,11 @@ class BuildOptions:
             raise EffdrError(f"--jpeg_quality={self.jpeg_quality}: choose 1..100")
         if not self.max_megapixels > 0:  # NaN too
             raise EffdrError(f"--max_megapixels={self.max_megapixels}: choose a number above 0")
+        distance = self.near_duplicate_distance
+        if distance is not None and not 0 <= distance <= near_duplicates.HASH_BITS // 2:
+            raise EffdrError(
+                f"--near_duplicate_distance={distance}: choose 0..{near_duplicates.HASH_BITS // 2}"
+            )
 
 
 @dataclasses.dataclass
@@ -195,6 +205,92 @@ def _process(record: Record) -> tuple:
         return ("ok", data, image.shape[0], image.shape[1])
     except Exception as e:  # noqa: BLE001 - a bad input must never stop the build
         return ("reject", fundus.describe_failure(e))
+
+
+def _hash(record: Record) -> bytes | None:
+    """The perceptual hash of one record's image, or None if it cannot be read (the build
+    itself then rejects it, with the reason)."""
+    source, options = _WORKER["source"], _WORKER["options"]
+    try:
+        image = source.load(
+            record,
+            min_side=near_duplicates.DECODE_SIDE,
+            max_pixels=options.max_megapixels * 1e6,
+        )
+        return near_duplicates.image_hash(image)
+    except Exception:  # noqa: BLE001 - reported when the build reads it again
+        return None
+
+
+def group_near_duplicates(
+    records: list[Record], source: Source, options: BuildOptions, *, workers: int, progress: bool
+) -> tuple[list[Record], dict | None]:
+    """Gives the training photographs of each near-duplicate cluster one patient id.
+
+    Only for a source that declares its photographs may repeat without a patient id to tie
+    them (``Source.near_duplicates``): each training image without a patient id is decoded at
+    a reduced size and hashed (``near_duplicates``); the images of a cluster then share the id
+    of its first, so validation is carved with them together and evaluation counts them as one
+    patient. Grades are never changed: clusters whose grades disagree are counted and listed.
+
+    Returns:
+        The records, and what was found (for the manifest), None where nothing was hashed.
+    """
+    distance = options.near_duplicate_distance
+    if distance is None or not source.near_duplicates:
+        return records, None
+    candidates = [r for r in records if r.split == "train" and not r.patient_id]
+    hashes = {}
+    pool = None
+    if workers > 1 and len(candidates) > 1:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(source, options),
+        )
+        results = pool.map(_hash, candidates, chunksize=8)
+    else:
+        _init_worker(source, options)
+        results = map(_hash, candidates)
+    from tqdm import tqdm
+
+    try:
+        for record, value in tqdm(
+            zip(candidates, results, strict=True),
+            total=len(candidates),
+            unit="img",
+            desc="hashing",
+            disable=not progress,
+        ):
+            if value is not None:
+                hashes[record.id] = value
+    except concurrent.futures.process.BrokenProcessPool as e:
+        raise EffdrError(
+            f"{source.data_dir}: a worker died while hashing images for near-duplicates; use "
+            "--workers=1 to find the image at fault"
+        ) from e
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    groups = near_duplicates.clusters(hashes, distance)
+    cluster_of = {key: group[0] for group in groups for key in group}
+    grade = {r.id: r.label for r in candidates}
+    conflicts = [g for g in groups if len({grade[k] for k in g}) > 1]
+    info = {
+        "hash": near_duplicates.HASH_NAME,
+        "distance": distance,
+        "hashed": len(hashes),
+        "clusters": len(groups),
+        "images": sum(len(g) for g in groups),
+        "grade_conflicts": len(conflicts),
+        "groups": [{"ids": g, "grades": [grade[k] for k in g]} for g in groups],
+    }
+    records = [
+        dataclasses.replace(r, patient_id=cluster_of[r.id]) if r.id in cluster_of else r
+        for r in records
+    ]
+    return records, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,8 +619,19 @@ def build(
         ]  # fmt: skip
     records, duplicates = drop_duplicates(records)
     rejects += duplicates
+    warnings = source.warnings()
+    records, grouping = group_near_duplicates(
+        records, source, options, workers=workers, progress=progress
+    )
+    if grouping and grouping["grade_conflicts"]:
+        warnings.append(
+            f"{grouping['grade_conflicts']} near-duplicate cluster(s) hold different grades "
+            "(kept as graded; listed under near_duplicates in manifest.json)"
+        )
     if options.val_fraction > 0 and not any(r.split == "validation" for r in records):
+        warnings += splits.carving_warnings(records, options.val_fraction)
         records = splits.carve_validation(records, options.val_fraction, options.seed)
+    no_validation = splits.empty_validation_reason(records, options.val_fraction)
     records = splits.withhold_labels(records, options.withhold_labels, options.seed)
     plan = plan_shards(records, options.num_shards, options.seed)
 
@@ -577,7 +684,15 @@ def build(
     for shard in plan:
         with tf.io.gfile.GFile(os.path.join(parts_dir, f"{shard.name}.json")) as f:
             parts.append(json.load(f))
+    if no_validation is None and not any(p["count"] for p in parts if p["split"] == "validation"):
+        no_validation = f"every validation image was rejected (see {REJECTS})"
+    if no_validation is not None:
+        warnings.append(splits.empty_validation_warning(no_validation))
+    for warning in warnings:
+        log.warning("%s: %s", output_dir, warning)
     manifest = _manifest(source, options, parts, rejects, seen=len(items))
+    manifest["near_duplicates"] = grouping
+    manifest["warnings"] = warnings
     reject_rows = sorted(
         [(r.path, r.reason) for r in rejects] + [tuple(x) for p in parts for x in p["rejects"]]
     )
@@ -651,4 +766,12 @@ def summary(manifest: dict, output_dir: str) -> str:
         lines.append(
             f"  rejected {manifest['num_rejected']}: see {os.path.join(output_dir, REJECTS)}"
         )
+    grouping = manifest.get("near_duplicates")
+    if grouping:
+        lines.append(
+            f"  near-duplicates: {grouping['images']} of {grouping['hashed']} training images "
+            f"in {grouping['clusters']} cluster(s) kept together ({grouping['hash']} within "
+            f"{grouping['distance']} bits), {grouping['grade_conflicts']} with different grades"
+        )
+    lines += [f"  warning: {w}" for w in manifest.get("warnings", [])]
     return "\n".join(lines)

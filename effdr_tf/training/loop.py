@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from effdr_tf import constants, models
+from effdr_tf.data import splits
 from effdr_tf.errors import EffdrError
 from effdr_tf.evaluation import metrics
 from effdr_tf.models import heads
@@ -108,6 +109,10 @@ def check_config(config, strategy) -> Setup:
         # rest of each batch.
         train_count = int(round(train_count / (1.0 - selftrain.pseudo_fraction)))
     spe = recipes.steps_per_epoch(train_count, global_batch, config.train.steps_per_epoch)
+    split = config.train.validation_split
+    warning = split and splits.validation_warning(manifest, config.data.data_dir, split)
+    if warning:
+        log.warning("%s", warning)
     return Setup(
         num_classes=num_classes,
         image_size=int(config.data.image_size or manifest["image_size"]),
@@ -115,7 +120,8 @@ def check_config(config, strategy) -> Setup:
         steps_per_epoch=spe,
         total_steps=spe * int(config.train.epochs),
         train_count=train_count,
-        has_validation=config.train.validation_split in manifest["splits"],
+        # A split with no images selects nothing: the run keeps its last weights, as without one.
+        has_validation=int((manifest["splits"].get(split) or {}).get("count") or 0) > 0,
     )
 
 

@@ -7,7 +7,9 @@
 
 The training images are the ``train`` split. The competition's test labels were never
 published: its test images, where present, are the ``unlabelled`` split (for self-training).
-Patients are unknown, so each image is its own group.
+Patients are unknown, so each image is its own group, except that near-duplicate photographs
+(the same photograph exported twice, some of the copies graded differently) are grouped by the
+builder before it carves validation (``near_duplicates = True``; see ``data.near_duplicates``).
 """
 
 import os
@@ -17,6 +19,7 @@ from effdr_tf.data.sources import base
 
 class Aptos2019(base.Source):
     name = "aptos2019"
+    near_duplicates = True
 
     def check(self):
         super().check()

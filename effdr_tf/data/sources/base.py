@@ -21,8 +21,13 @@ class Source:
     """A dataset layout. Subclasses set ``name`` and implement ``scan``.
 
     ``scan`` runs once in the main process and yields a ``Record`` or a ``Reject`` for every
-    input it sees (image files and label rows alike), so nothing is dropped unaccounted.
+    input it sees (image files and label rows alike), so nothing is dropped unaccounted; what
+    it could not settle per input (a missing optional file, say) it keeps for ``warnings``.
     ``load`` runs in worker processes and returns the RGB image of one record.
+
+    ``near_duplicates`` is True for a source whose photographs may repeat (re-exported, or
+    graded twice) with no patient id to tie the copies: the builder then groups them by a
+    perceptual hash before carving validation (``builder.group_near_duplicates``).
     """
 
     data_dir: str = ""
@@ -30,6 +35,7 @@ class Source:
     num_classes = 5
     default_preprocess = "crop"
     default_image_size = 224
+    near_duplicates = False
 
     def check(self) -> None:
         """Raises ``EffdrError`` for a missing data_dir or label file, before any work."""
@@ -51,6 +57,10 @@ class Source:
         if data is None:
             data = fundus.read(record.path, max_pixels)
         return fundus.decode(data, min_side, max_pixels)
+
+    def warnings(self) -> list[str]:
+        """One line for each thing the last ``scan`` found that the user should know."""
+        return list(getattr(self, "_warnings", ()))
 
     def describe(self) -> dict:
         """What goes into manifest.json about the source."""
