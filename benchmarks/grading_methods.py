@@ -43,18 +43,9 @@ RUNS = {  # name: (head, seed)
 
 
 def _build(folder: str) -> None:
-    from effdr_tf.data import builder
-    from effdr_tf.data.sources.synthetic_dr import SyntheticDR
+    from benchmarks import synthetic_shards
 
-    if os.path.exists(os.path.join(folder, "manifest.json")):
-        return
-    source = SyntheticDR(
-        num_images=FLAGS.num_images, seed=0, image_size=FLAGS.image_size, preset="hard"
-    )
-    options = builder.BuildOptions(
-        image_size=FLAGS.image_size, preprocess="crop", seed=0, val_fraction=FLAGS.val_fraction
-    )
-    builder.build(source, folder, options, workers=os.cpu_count() or 1, progress=False)
+    synthetic_shards.build_hard(folder, FLAGS.image_size, FLAGS.num_images, FLAGS.val_fraction)
 
 
 def _train(name: str, head: str, seed: int, data_dir: str, weights: str) -> float:

@@ -26,25 +26,26 @@ def referable_auc(labels, probabilities) -> float:
 def interval(labels, patients, base, other, rounds: int, seed: int = 0) -> dict:
     """95 % percentile intervals of (other - base) for kappa and referable AUC.
 
+    The patient resampler of eval.py's intervals (``clinical.ClusterBootstrap``), with both
+    models read on the same resamples.
+
     Args:
         labels: [N] test grades.
-        patients: [N] patient ids; a patient's photographs are drawn together.
+        patients: [N] patient ids; a patient's photographs are drawn together ("" for none:
+            the photograph is its own cluster).
         base, other: (grades [N], probabilities [N, K]) of the two models on the same photographs.
         rounds: bootstrap resamples.
     """
+    from effdr_tf.evaluation import clinical
+
+    labels = np.asarray(labels)
     base_grades, base_probs = base
     grades, probs = other
-    unique, index = np.unique(patients, return_inverse=True)
-    members = [np.nonzero(index == i)[0] for i in range(len(unique))]
-    rng = np.random.default_rng(seed)
-    dk, da = [], []
-    for _ in range(rounds):
-        rows = np.concatenate([members[i] for i in rng.integers(0, len(unique), len(unique))])
-        y = labels[rows]
-        dk.append(kappa(y, grades[rows]) - kappa(y, base_grades[rows]))
-        if 0 < (y >= 2).sum() < len(y):
-            da.append(referable_auc(y, probs[rows]) - referable_auc(y, base_probs[rows]))
-    return {
-        "kappa": [float(np.percentile(dk, 2.5)), float(np.percentile(dk, 97.5))],
-        "auc": [float(np.percentile(da, 2.5)), float(np.percentile(da, 97.5))],
-    }
+    k = int(max(np.asarray(probs).shape[1], labels.max(initial=0) + 1))
+    boot = clinical.ClusterBootstrap(patients, len(labels), rounds=rounds, seed=seed)
+    dk = boot.kappa(labels, grades, k) - boot.kappa(labels, base_grades, k)
+    referable = labels >= clinical.REFERABLE_GRADE
+    da = boot.auc(referable, clinical.referable_score(probs)) - boot.auc(
+        referable, clinical.referable_score(base_probs)
+    )
+    return {"kappa": boot.interval(dk), "auc": boot.interval(da)}

@@ -67,3 +67,38 @@ def test_a_validation_without_pairs_fits_nothing_and_changes_nothing():
     stage = fellow_eye.fit(probs, labels, patients, np.array([""] * len(labels)))
     assert stage.model is None
     np.testing.assert_array_equal(stage.apply(probs, patients, ["left"] * len(labels)), probs)
+
+
+def test_validation_kappa_at_cut_points_is_fitted_inside_the_folds():
+    """Cut points fitted on all of validation's out-of-fold output and read on it are
+    in-sample: small and noisy, it overfits. Fitted inside the folds, a patient's grades never
+    depend on its own labels, and the figure is no longer the in-sample one."""
+    from effdr_tf.evaluation import thresholds
+
+    probs, labels, patients, eyes = _patients(40, seed=5)
+    second = fellow_eye.out_of_fold(probs, labels, patients, eyes)
+    scores = thresholds.expected_grade(second)
+    cuts, in_sample = thresholds.fit(scores, labels, K)
+    grades = fellow_eye.out_of_fold_grades(second, labels, patients, K)
+    got = metrics.quadratic_weighted_kappa(metrics.confusion_matrix(labels, grades, K))
+    assert got < in_sample - 0.01, (got, in_sample)
+    from effdr_tf.evaluation import clinical
+
+    held = clinical.folds(patients, len(patients)) == 0
+    changed = labels.copy()
+    changed[held] = (labels[held] + 2) % K  # every patient of one fold relabelled
+    again = fellow_eye.out_of_fold_grades(second, changed, patients, K)
+    np.testing.assert_array_equal(grades[held], again[held])
+    assert (grades[~held] != again[~held]).any()  # the other folds' cut points saw it
+
+
+def test_a_fitted_stage_survives_grading_json():
+    import json
+
+    val = _patients(120, seed=6)
+    stage = fellow_eye.fit(*val)
+    back = fellow_eye.Stage.from_json(json.loads(json.dumps(stage.to_json())))
+    test = _patients(50, seed=7)
+    np.testing.assert_allclose(
+        back.apply(test[0], test[2], test[3]), stage.apply(test[0], test[2], test[3]), atol=1e-9
+    )

@@ -52,15 +52,57 @@ def test_regression_probabilities_round_the_grade_and_keep_its_order():
     y = np.linspace(-1.5, 5.5, 701, dtype=np.float32)[:, None]
     probs = np.asarray(heads.probabilities(y, "regression", K), np.float64)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
-    inside = np.abs(np.abs(y[:, 0] - np.round(y[:, 0])) - 0.5) > 1e-3  # not at ties, k + 0.5
+    assert probs.min() >= 0
+    frac = np.abs(y[:, 0] - np.round(y[:, 0]))
+    inside = np.abs(frac - 0.5) > 1e-3  # not at ties, k + 0.5
+    # The open-ended bins of grades 0 and K-1 reach a little past 0.5 and K - 1.5.
+    shift = heads.REGRESSION_ARGMAX_SHIFT
+    inside &= ~((y[:, 0] > 0.5) & (y[:, 0] < 0.5 + shift))
+    inside &= ~((y[:, 0] < K - 1.5) & (y[:, 0] > K - 1.5 - shift))
     np.testing.assert_array_equal(
         probs.argmax(1)[inside], np.clip(np.round(y[:, 0]), 0, K - 1)[inside]
     )
+    # The shift is the stated one: just past it the rounded grade wins again.
+    edge = np.array([[0.5 + shift - 1e-4], [0.5 + shift + 1e-4]], np.float64)
+    assert list(np.asarray(heads.probabilities(edge, "regression", K, "float64")).argmax(1)) == [
+        0,
+        1,
+    ]
     expected = probs @ np.arange(K)
     referable = probs[:, 2:].sum(1)
     assert np.all(np.diff(expected) > 0)
-    middle = (y[:, 0] > -1) & (y[:, 0] < 3.5)  # float32 keeps the order where it is not ~0 or 1
+    middle = (y[:, 0] > -1) & (y[:, 0] < 4.5)  # float32 keeps the order where it is not ~0 or 1
     assert np.all(np.diff(referable[middle]) > 0)
+
+
+def test_regression_referable_score_rises_over_the_whole_line_and_never_saturates_early():
+    """P(grade >= 2) is a logistic CDF of the output: strictly increasing from -2 to 8 and
+    below 1 in float64, never falling in float32 and below 1 there up to y = 5."""
+    wide = np.linspace(-200.0, 200.0, 400_001, dtype=np.float32)[:, None]
+    p32 = np.asarray(heads.probabilities(wide, "regression", K))
+    assert p32.dtype == np.float32 and p32.min() >= 0
+    assert np.all(np.diff(p32[:, 2:].sum(1)) >= 0)
+    assert np.all(np.diff(p32 @ np.arange(K, dtype=np.float32)) >= 0)
+    up_to_5 = np.asarray(
+        heads.probabilities(np.linspace(-2.0, 5.0, 1401)[:, None], "regression", K)
+    )
+    assert up_to_5[:, 2:].sum(1).max() < 1.0
+
+    y = np.linspace(-2.0, 8.0, 2001)[:, None]
+    p64 = np.asarray(heads.probabilities(y, "regression", K, dtype="float64"))
+    assert p64.dtype == np.float64
+    np.testing.assert_allclose(p64.sum(1), 1.0, atol=1e-12)
+    referable = p64[:, 2:].sum(1)
+    assert np.all(np.diff(referable) > 0) and referable.max() < 1.0
+    assert np.all(np.diff(p64 @ np.arange(K)) > 0)
+    z = (y[:, 0] - 1.5) / heads.REGRESSION_SCALE
+    np.testing.assert_allclose(referable, 1.0 / (1.0 + np.exp(-z)), rtol=1e-12)
+
+
+def test_only_the_regression_head_says_its_calibration_measures_a_chosen_width():
+    note = heads.calibration_note("regression")
+    assert str(heads.REGRESSION_SCALE) in note and "not the model" in note
+    assert heads.calibration_note("softmax") is None and heads.calibration_note("ordinal") is None
 
 
 def test_regression_losses():

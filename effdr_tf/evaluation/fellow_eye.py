@@ -8,9 +8,12 @@ class probabilities of the image and of its fellow eye (the mean over that patie
 the other eye), so it learns how much the fellow eye should move a grade.
 
 It is fitted on validation predictions only. Its figures on validation come from out-of-fold
-predictions (folds of patients, each scored by a stage fitted on the other folds); every other
-split is scored by the stage fitted on all of validation. Photographs without a fellow eye keep
-their single-image probabilities unchanged.
+predictions (folds of patients, each scored by a stage fitted on the other folds), and so do the
+grades at its cut points there (``out_of_fold_grades``: each fold's cut points are fitted on the
+other folds' out-of-fold output); every other split is scored by the stage fitted on all of
+validation. Photographs without a fellow eye keep their single-image probabilities unchanged.
+The fitted stage travels in grading.json (``Stage.to_json``) so that an external test set can
+be scored by it (``eval.py --calibration``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import dataclasses
 
 import numpy as np
 
-FOLDS = 5
+from effdr_tf.evaluation import clinical
+from effdr_tf.evaluation import thresholds as grade_thresholds
+
+FOLDS = clinical.FOLDS
 # Inverse L2 strength of the logistic regression: validation sets are small (hundreds of
 # images), and 2K features of log probabilities need little freedom.
 REGULARIZATION_C = 1.0
@@ -50,6 +56,26 @@ def _features(own, fellow) -> np.ndarray:
     return np.concatenate([np.log(own + _EPS), np.log(fellow + _EPS)], axis=1)
 
 
+class _Linear:
+    """A multinomial logistic regression's prediction from its coefficients (as read back from
+    grading.json): softmax of the linear scores, or the sigmoid with two classes, as
+    scikit-learn's ``LogisticRegression.predict_proba`` computes them."""
+
+    def __init__(self, coef, intercept, classes):
+        self.coef_ = np.asarray(coef, np.float64)
+        self.intercept_ = np.asarray(intercept, np.float64)
+        self.classes_ = np.asarray(classes, np.int64)
+
+    def predict_proba(self, features):
+        z = np.asarray(features, np.float64) @ self.coef_.T + self.intercept_
+        if self.coef_.shape[0] == 1:
+            p = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            return np.stack([1 - p, p], axis=1)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+
 @dataclasses.dataclass
 class Stage:
     """A fitted second stage; ``None`` model when validation could not fit one."""
@@ -72,6 +98,27 @@ class Stage:
             out[has] = full
         return out
 
+    def to_json(self) -> dict:
+        """What ``from_json`` needs to re-create the stage: its coefficients."""
+        if self.model is None:
+            return {"num_classes": self.num_classes, "fitted_on": self.fitted_on, "model": None}
+        return {
+            "num_classes": self.num_classes,
+            "fitted_on": self.fitted_on,
+            "model": {
+                "coef": np.asarray(self.model.coef_).tolist(),
+                "intercept": np.asarray(self.model.intercept_).tolist(),
+                "classes": np.asarray(self.model.classes_).tolist(),
+            },
+        }
+
+    @classmethod
+    def from_json(cls, value: dict) -> Stage:
+        model = value.get("model")
+        if model is not None:
+            model = _Linear(model["coef"], model["intercept"], model["classes"])
+        return cls(int(value["num_classes"]), model, int(value["fitted_on"]))
+
 
 def fit(probabilities, labels, patient_ids, eyes) -> Stage:
     """The stage fitted on (validation) images that have a fellow eye."""
@@ -92,10 +139,7 @@ def out_of_fold(probabilities, labels, patient_ids, eyes, *, folds=FOLDS, seed=0
     """Second-stage probabilities for every image of one split, each scored by a stage fitted
     on the other folds of patients (never on its own patient)."""
     patients = np.asarray(patient_ids).astype(str)
-    unique = np.unique(patients)
-    order = np.random.default_rng([seed, 17]).permutation(len(unique))
-    fold_of = dict(zip(unique[order], np.arange(len(unique)) % folds, strict=True))
-    fold = np.array([fold_of[p] for p in patients])
+    fold = clinical.folds(patients, len(patients), count=folds, seed=seed)
     probabilities = np.asarray(probabilities, np.float64)
     out = probabilities.copy()
     labels = np.asarray(labels)
@@ -106,3 +150,15 @@ def out_of_fold(probabilities, labels, patient_ids, eyes, *, folds=FOLDS, seed=0
             stage = fit(probabilities[~held], labels[~held], patients[~held], eyes[~held])
             out[held] = stage.apply(probabilities[held], patients[held], eyes[held])
     return out
+
+
+def out_of_fold_grades(second, labels, patient_ids, num_classes: int, *, folds=FOLDS, seed=0):
+    """Grades at cut points on the expected grade of the out-of-fold second-stage output
+    ``second`` (``out_of_fold``), each fold's cut points fitted on the other folds (the same
+    folds as ``out_of_fold``), so that validation's kappa at cut points is never in-sample;
+    None when a fold's complement has fewer than two grades."""
+    patients = np.asarray(patient_ids).astype(str)
+    fold = clinical.folds(patients, len(patients), count=folds, seed=seed)
+    return clinical.out_of_fold_grades(
+        grade_thresholds.expected_grade(second), labels, fold, num_classes
+    )

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import html
 
-# Published figures to read ours against (real data; ANCHORS.md, with their sources there).
+# Published figures to read ours against (real data): the thesis's tables, the Kaggle 2015 and
+# APTOS 2019 leaderboards, and Gulshan et al. 2016, JAMA 316(22):2402-2410.
 REFERENCE_RESULTS = (
     ("thesis EfficientNet-B5-ns, Kaggle 2015", "accuracy 87.08 % public / 85.81 % private"),
     ("thesis B5-ns with BalancedSampler + RandAugment", "accuracy 82.84 % / 81.60 %"),
@@ -30,6 +31,7 @@ td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 img { max-width: 32%; margin: 0.3em; border: 1px solid #eee; }
 .note { color: #555; font-size: 0.9em; }
+.warn { background: #fff4d6; border: 1px solid #b9a38a; padding: 0.4em 1em; }
 #missing { display: none; background: #fde8e8; border: 1px solid #c33; padding: 0.5em 1em; }
 """
 
@@ -73,47 +75,79 @@ def _table(header, rows) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _split_section(name: str, result: dict, figures: dict, class_names) -> str:
-    parts = [f"<h2>{html.escape(name)} ({result['count']} images)</h2>"]
-    boot = result.get("bootstrap_95") or {}
-    ci = boot.get("kappa")
-    kappa = _num(result["kappa"]) + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
-    rows = [
-        ("accuracy", _num(result["accuracy"], percent=True)),
-        ("quadratic weighted kappa (95 % CI)", kappa),
-        ("expected calibration error", _num(result["calibration"]["ece"])),
-    ]
-    referable = result.get("referable")
-    if referable:
-        ci = boot.get("referable_auc")
-        auc = _num(referable["auc"]) + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
-        rows.append(("referable DR (grade ≥ 2) AUC (95 % CI)", auc))
-        rows.append(("referable DR prevalence", _num(referable["prevalence"], percent=True)))
-        for point, values in referable.get("operating_points", {}).items():
-            rows.append(
-                (
-                    f"{point.replace('_', '-')} point (threshold {values['threshold']:.3f})",
-                    f"sensitivity {_num(values['sensitivity'], percent=True)}, "
-                    f"specificity {_num(values['specificity'], percent=True)}",
-                )
-            )
-    fitted = result.get("fitted_grades")
-    if fitted:
+def _ci(interval, percent=False) -> str:
+    if not interval:
+        return ""
+    if percent:
+        return f" ({100 * interval[0]:.1f}–{100 * interval[1]:.1f} %)"
+    return f" ({interval[0]:.3f}–{interval[1]:.3f})"
+
+
+def _warnings(items) -> str:
+    if not items:
+        return ""
+    return '<div class="warn">' + "".join(f"<p>{html.escape(w)}</p>" for w in items) + "</div>"
+
+
+def _point_rows(referable: dict, unit: str) -> list:
+    rows = []
+    for point, values in (referable.get("operating_points") or {}).items():
+        how = ", out-of-fold" if values.get("out_of_fold") else ""
         rows.append(
             (
-                "kappa, grades at the cut points fitted on validation",
-                f"{_num(fitted['kappa'])} ({fitted['kappa'] - result['kappa']:+.3f} on argmax)",
+                f"{point.replace('_', '-')} point, {unit} (threshold {values['threshold']:.3f}"
+                f"{how})",
+                f"sensitivity {_num(values['sensitivity'], percent=True)}"
+                f"{_ci(values.get('sensitivity_95'), True)}, specificity "
+                f"{_num(values['specificity'], percent=True)}"
+                f"{_ci(values.get('specificity_95'), True)}",
+            )
+        )
+    return rows
+
+
+def _split_section(name: str, result: dict, figures: dict, class_names) -> str:
+    parts = [
+        f"<h2>{html.escape(name)} ({result['count']} images of "
+        f"{result.get('patients', result['count'])} patients)</h2>",
+        _warnings(result.get("warnings")),
+    ]
+    boot = result.get("bootstrap_95") or {}
+    rows = [
+        ("accuracy (95 % CI)", _num(result["accuracy"], percent=True)
+         + _ci(boot.get("accuracy"), True)),
+        ("quadratic weighted kappa (95 % CI)", _num(result["kappa"]) + _ci(boot.get("kappa"))),
+        ("expected calibration error (95 % CI)", _num(result["calibration"]["ece"])
+         + _ci(boot.get("ece"))),
+    ]  # fmt: skip
+    referable = result.get("referable")
+    if referable:
+        auc = _num(referable["auc"]) + _ci(boot.get("referable_auc"))
+        rows.append(("referable DR (grade ≥ 2) AUC (95 % CI)", auc))
+        rows.append(("referable DR prevalence", _num(referable["prevalence"], percent=True)))
+        rows += _point_rows(referable, "images")
+    fitted = result.get("fitted_grades")
+    if fitted:
+        how = "out-of-fold" if fitted.get("out_of_fold") else "fitted elsewhere"
+        rows.append(
+            (
+                f"kappa, grades at the cut points ({how})",
+                f"{_num(fitted['kappa'])}{_ci(fitted.get('kappa_95'))} "
+                f"({fitted['kappa'] - result['kappa']:+.3f} on argmax)",
             )
         )
     second = result.get("fellow_eye")
     if second:
         image = second["image"]
+        how = ", out-of-fold" if second.get("out_of_fold") else ""
         rows.append(
             (
-                f"with the fellow eye ({second['images_with_fellow_eye']} images have one)",
-                f"kappa {_num(image['kappa'])} ({image['kappa'] - result['kappa']:+.3f}), at "
-                f"cut points {_num(image.get('kappa_fitted_cut_points'))}, referable AUC "
-                f"{_num(image['referable_auc'])}",
+                f"with the fellow eye ({second['images_with_fellow_eye']} images have one{how})",
+                f"kappa {_num(image['kappa'])}{_ci(image.get('kappa_95'))} "
+                f"({image['kappa'] - result['kappa']:+.3f}), at cut points "
+                f"{_num(image.get('kappa_fitted_cut_points'))}"
+                f"{_ci(image.get('kappa_fitted_cut_points_95'))}, referable AUC "
+                f"{_num(image['referable_auc'])}{_ci(image.get('referable_auc_95'))}",
             )
         )
         if second.get("patient"):
@@ -121,11 +155,21 @@ def _split_section(name: str, result: dict, figures: dict, class_names) -> str:
             rows.append(
                 (
                     "patients (worse eye), single image → with fellow eye",
-                    f"kappa {_num(single['kappa'])} → {_num(p['kappa'])}, referable AUC "
-                    f"{_num(single['referable_auc'])} → {_num(p['referable_auc'])}",
+                    f"kappa {_num(single['kappa'])}{_ci(single.get('kappa_95'))} → "
+                    f"{_num(p['kappa'])}{_ci(p.get('kappa_95'))}, referable AUC "
+                    f"{_num(single['referable_auc'])}{_ci(single.get('referable_auc_95'))} → "
+                    f"{_num(p['referable_auc'])}{_ci(p.get('referable_auc_95'))}",
                 )
             )
     parts.append(_table(("measure", "value"), rows))
+    parts.append(
+        "<p>"
+        + "".join(
+            f'<img src="{html.escape(path)}" alt="{html.escape(label)}">'
+            for label, path in figures.items()
+        )
+        + "</p>"
+    )
     pc = result["per_class"]
     parts.append(
         _table(
@@ -147,32 +191,51 @@ def _split_section(name: str, result: dict, figures: dict, class_names) -> str:
     )
     patient = result.get("patient_level")
     if patient:
+        pboot = patient.get("bootstrap_95") or {}
+        prows = [
+            ("accuracy (95 % CI)", _num(patient["accuracy"], percent=True)
+             + _ci(pboot.get("accuracy"), True)),
+            ("quadratic weighted kappa (95 % CI)", _num(patient["kappa"])
+             + _ci(pboot.get("kappa"))),
+        ]  # fmt: skip
+        if patient.get("referable"):
+            prows.append(("referable DR AUC (95 % CI)", _num(patient["referable"]["auc"])
+                          + _ci(pboot.get("referable_auc"))))  # fmt: skip
+            prows += _point_rows(patient["referable"], "patients")
+        pfitted = patient.get("fitted_grades")
+        if pfitted:
+            how = "out-of-fold" if pfitted.get("out_of_fold") else "fitted elsewhere"
+            prows.append((f"kappa at the patient cut points ({how})",
+                          _num(pfitted["kappa"]) + _ci(pfitted.get("kappa_95"))))  # fmt: skip
         parts.append(
-            f"<p>Patient level ({patient['count']} patients, worse eye): accuracy "
-            f"{_num(patient['accuracy'], percent=True)}, kappa {_num(patient['kappa'])}"
-            + (
-                f", referable AUC {_num(patient['referable']['auc'])}"
-                if patient.get("referable")
-                else ""
-            )
-            + "</p>"
+            f"<h3>Patient level ({patient['count']} patients, worse eye)</h3>"
+            + _warnings(patient.get("warnings"))
+            + f'<p class="note">{html.escape(patient.get("eye", ""))}</p>'
+            + _table(("measure", "value"), prows)
         )
-    parts.append(
-        "".join(
-            f'<img src="{html.escape(path)}" alt="{html.escape(label)}">'
-            for label, path in figures.items()
-        )
-    )
     return "\n".join(parts)
 
 
-def render(results: dict, figures: dict, provenance: dict, class_names) -> str:
-    """The page. ``results``: split -> clinical.summarize output; ``figures``: split ->
-    {label: relative path}; ``provenance``: model and data facts shown at the top."""
+def render(
+    results: dict, figures: dict, provenance: dict, class_names, *, sections=(), warnings=()
+) -> str:
+    """The page.
+
+    Args:
+        results: split -> clinical.summarize output (with evaluate's additions).
+        figures: split -> {label: relative path}.
+        provenance: model and data facts shown at the top, and where each fitted thing was
+            fitted.
+        class_names: one name per grade.
+        sections: (title, html_body) pairs appended as sections of their own; the body is
+            HTML already escaped by whoever made it.
+        warnings: lines shown in a box at the top (small splits, small fits).
+    """
+    extra = [f"<h2>{html.escape(title)}</h2>\n{body}" for title, body in sections]
     sections = [
         _split_section(split, result, figures.get(split, {}), class_names)
         for split, result in results.items()
-    ]
+    ] + extra
     facts = _table(("", ""), [(k, v) for k, v in provenance.items()])
     reference = _table(("published result (real data)", "figure"), REFERENCE_RESULTS)
     return f"""<!DOCTYPE html>
@@ -180,10 +243,15 @@ def render(results: dict, figures: dict, provenance: dict, class_names) -> str:
 <style>{STYLE}</style></head><body>
 <h1>Diabetic retinopathy grading: evaluation</h1>
 <p id="missing"></p>
+{_warnings(list(warnings))}
 {facts}
-<p class="note">Operating points are thresholds on P(grade ≥ 2) chosen on the validation split
+<p class="note">Operating points are thresholds on P(grade ≥ 2) fitted on a validation split
 (the highest reaching 97.5 % sensitivity, the lowest reaching 98.1 % specificity) and applied
-unchanged to the other splits. Intervals: percentile bootstrap over images.</p>
+unchanged to the other splits; nothing is fitted on the split it is reported on, and the
+validation split's own figures at its points are out-of-fold (5 folds of patients, each read at
+points fitted on the other 4). Intervals: 95 %
+percentile bootstrap resampling patients (both eyes together; an image without a patient id
+is its own cluster).</p>
 {"".join(sections)}
 <h2>Published results, for reference</h2>
 <p class="note">These are other work's figures on real datasets, not results of this run.</p>

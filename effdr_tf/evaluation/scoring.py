@@ -2,6 +2,10 @@
 
 A run is a train.py model_dir: ``config.json`` (how it was trained, including the input
 normalisation) and ``export/model.keras`` (the best weights, EMA weights when EMA was on).
+
+A run trained on rebalanced classes has its probabilities moved back to its training data's
+natural class shares (``priors``), on by default: every consumer of ``Run.probabilities``
+(evaluation, ``--images``, ensembles, exports, teachers) reads the same corrected figures.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import tensorflow as tf
 
 from effdr_tf import models
 from effdr_tf.errors import EffdrError
+from effdr_tf.evaluation import priors
 from effdr_tf.models import heads
 from effdr_tf.pipeline import input as pipeline
 from effdr_tf.pipeline import randaugment
@@ -28,6 +33,9 @@ class Run:
     model_dir: str
     model: object
     config: ml_collections.ConfigDict
+    # None, or how the probabilities are moved to the training data's natural class shares
+    # (``priors.correction``: "from", "to", "ratio", "source", ...).
+    prior_correction: dict | None = None
     _forward: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -46,14 +54,27 @@ class Run:
         return recorded or heads.num_classes_from_units(self.head, units) or units
 
     def probabilities(self, images, training=False):
-        """Class probabilities [N, K] of the run's model for a batch of model inputs."""
-        return heads.probabilities(
+        """Class probabilities [N, K] of the run's model for a batch of model inputs, under
+        the natural class shares when ``prior_correction`` is set."""
+        probs = heads.probabilities(
             self.model(images, training=training), self.head, self.num_classes
         )
+        return priors.apply(probs, self.prior_correction)
 
 
-def load_run(model_dir: str) -> Run:
-    """The exported model and the resolved config of a train.py run."""
+def load_run(model_dir: str, prior_correction: bool = True) -> Run:
+    """The exported model and the resolved config of a train.py run.
+
+    Args:
+        model_dir: the run's folder.
+        prior_correction: move the probabilities of a run trained on rebalanced classes to its
+            training split's natural shares (``priors``); a run trained on its data's own
+            shares is unchanged either way. False: the probabilities as the model learnt them.
+
+    Raises:
+        EffdrError: a missing or unreadable config or model; with ``prior_correction``, a
+            rebalanced run whose training manifest cannot be read.
+    """
     import keras
 
     config_path = os.path.join(model_dir, "config.json")
@@ -72,7 +93,10 @@ def load_run(model_dir: str) -> Run:
     except (OSError, ValueError) as e:
         raise EffdrError(f"{model_path}: cannot load ({str(e).splitlines()[0]})") from e
     # Runs exported before exports were made float32 may carry a mixed-precision policy.
-    return Run(model_dir, models.float32_copy(model), config)
+    run = Run(model_dir, models.float32_copy(model), config)
+    if prior_correction:
+        run.prior_correction = priors.correction(config, run.num_classes, config_path)
+    return run
 
 
 def eval_config(run: Run, data_dir: str) -> ml_collections.ConfigDict:
@@ -137,12 +161,14 @@ def score_split(
     return result
 
 
-def load_runs(model_dirs) -> list[Run]:
-    """Runs for an ensemble (``A,B,...`` or a list); they must grade the same classes."""
+def load_runs(model_dirs, prior_correction: bool = True) -> list[Run]:
+    """Runs for an ensemble (``A,B,...`` or a list); they must grade the same classes. Each
+    run's probabilities are corrected to its own training prior (``load_run``) before the
+    ensemble averages them."""
     dirs = [d for d in (model_dirs.split(",") if isinstance(model_dirs, str) else model_dirs) if d]
     if not dirs:
         raise EffdrError("--model_dir: no run given")
-    runs = [load_run(d) for d in dirs]
+    runs = [load_run(d, prior_correction=prior_correction) for d in dirs]
     classes = {r.model_dir: r.num_classes for r in runs}
     if len(set(classes.values())) > 1:
         raise EffdrError(
@@ -151,6 +177,39 @@ def load_runs(model_dirs) -> list[Run]:
             + ")"
         )
     return runs
+
+
+def prior_corrections(runs) -> list | None:
+    """The runs' prior corrections for a report or ``grading.json``: one entry (None or
+    ``priors.correction``'s dict) per run, or None when no run has one."""
+    corrections = [r.prior_correction for r in runs]
+    return corrections if any(corrections) else None
+
+
+def prior_mismatch(recorded, runs) -> str | None:
+    """Why probabilities fitted under ``recorded`` (a grading.json's ``prior_correction``) are
+    not those ``runs`` make, or None when they are: operating points and cut points fitted on
+    corrected probabilities do not apply to uncorrected ones, nor the reverse."""
+
+    def ratios(corrections):
+        corrections = list(corrections or [])
+        corrections += [None] * (len(runs) - len(corrections))
+        return [np.asarray((c or {}).get("ratio") or [], np.float64) for c in corrections]
+
+    current = prior_corrections(runs)
+    if all(
+        a.shape == b.shape and np.allclose(a, b, rtol=1e-4)
+        for a, b in zip(ratios(recorded), ratios(current), strict=False)
+    ):
+        return None
+
+    def said(corrections):
+        return "with" if any(corrections or []) else "without"
+
+    return (
+        f"fitted on probabilities {said(recorded)} the prior correction, scoring them "
+        f"{said(current)} it (or with another one); use the same --prior_correction"
+    )
 
 
 def score_split_ensemble(

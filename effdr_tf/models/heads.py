@@ -8,10 +8,17 @@ changes.
 
 * ``softmax``: K logits, the thesis's head (cross-entropy, argmax).
 * ``regression``: one output, the grade itself (MSE or SmoothL1 on the grade, as the top APTOS
-  2019 solutions). Its class probabilities are a discretised Gaussian around the output
-  (``REGRESSION_SIGMA``): they sum to one, argmax is the output rounded to the nearest grade, and
-  both the expected grade and the referable score rise with the output, so kappa-fitted cut
-  points and ROC curves are those of the output itself.
+  2019 solutions). Its class probabilities are a logistic of fixed scale
+  (``REGRESSION_SCALE``) around the output, discretised at the grade boundaries k +/- 0.5 as an
+  ordinal model would: P(grade >= k) = sigmoid((y - k + 0.5) / scale), the mass below 0.5 goes to
+  grade 0 and the mass above K - 1.5 to grade K - 1. So the referable score is
+  sigmoid((y - 1.5) / scale) and the expected grade the sum of the K - 1 sigmoids: both rise
+  strictly with the output over the whole real line (kappa-fitted cut points and ROC curves are
+  those of the output itself), and the logistic's tails keep the referable score below 1.0 up
+  to y = 5.6 in float32 and 10.7 in float64. argmax is the output rounded to the nearest grade,
+  except within ``REGRESSION_ARGMAX_SHIFT`` above 0.5 and below K - 1.5, where the open-ended
+  bins of grades 0 and K - 1 hold more mass than their neighbour. The width is chosen, not
+  learnt: ``CALIBRATION_NOTE``.
 * ``ordinal``: K - 1 outputs, CORN (Shi, Cao & Raschka 2023, "Deep neural networks for rank-
   consistent ordinal regression based on conditional probabilities"): output j is the logit of
   P(y > j | y > j - 1). P(y > k) is the running product of the conditionals, so it falls with k
@@ -27,10 +34,20 @@ from keras import ops
 
 HEADS = ("softmax", "regression", "ordinal")
 REGRESSION_LOSSES = ("mse", "smooth_l1")
-# Width of the regression head's discretised Gaussian, in grades: narrow enough that a
-# prediction of exactly k gives grade k about 86 % of its mass (with K=5), wide enough that the
-# referable score keeps ranking outputs far from the 1-2 boundary in float32.
-REGRESSION_SIGMA = 0.5
+# Scale of the regression head's logistic, in grades: a prediction of exactly k gives an inner
+# grade k tanh(0.25 / scale) = 76 % of its mass (the discretised Gaussian of width 0.5 this
+# replaces gave 79 %), and the referable score keeps ranking outputs up to about 4 grades above
+# the 1-2 boundary in float32 (the Gaussian's reached exactly 1.0 from 3.82 and fell from 3.5).
+REGRESSION_SCALE = 0.25
+# How far the argmax boundary between grades 0 and 1 (and, mirrored, K-2 and K-1) sits from
+# 0.5: the root of sigmoid((1 - d) / scale) = 2 sigmoid(-d / scale).
+REGRESSION_ARGMAX_SHIFT = 0.0093
+CALIBRATION_NOTE = (
+    "The regression head's class probabilities are a logistic of fixed scale "
+    f"{REGRESSION_SCALE} grades around its output, chosen rather than learnt: its calibration "
+    "figures (ECE, the reliability diagram, the confidences) measure that chosen width, not the "
+    "model; its rankings (AUC, operating points, kappa at cut points) are the output's own."
+)
 
 
 def kernel_initializer(head: str) -> dict | None:
@@ -66,6 +83,19 @@ def num_classes_from_units(head: str, units: int) -> int | None:
     return {"softmax": units, "regression": None, "ordinal": units + 1}[check(head)]
 
 
+def calibration_note(head: str) -> str | None:
+    """What a head's calibration figures measure, where it is not the model (regression)."""
+    return CALIBRATION_NOTE if check(head) == "regression" else None
+
+
+def regression_exceedance(outputs, num_classes: int, dtype="float32"):
+    """Regression head: P(grade >= k) for k = 1..K-1, [N, K-1], rising strictly with the
+    output."""
+    outputs = ops.cast(outputs, dtype)
+    boundaries = ops.arange(num_classes - 1, dtype=dtype) + ops.cast(0.5, dtype)
+    return ops.sigmoid((outputs[:, :1] - boundaries[None, :]) / ops.cast(REGRESSION_SCALE, dtype))
+
+
 def exceedance(outputs):
     """CORN: P(y > k) for k = 0..K-2 from the K-1 conditional logits, [N, K-1]."""
     conditional = ops.sigmoid(ops.cast(outputs, "float32"))
@@ -77,22 +107,32 @@ def exceedance(outputs):
     return ops.stack(columns, axis=-1)
 
 
-def probabilities(outputs, head: str, num_classes: int):
-    """Class probabilities [N, K] (float32) from the ``predictions`` layer's outputs."""
-    outputs = ops.cast(outputs, "float32")
+def probabilities(outputs, head: str, num_classes: int, dtype="float32"):
+    """Class probabilities [N, K] from the ``predictions`` layer's outputs.
+
+    Args:
+        outputs: the layer's outputs, [N, units].
+        head: one of ``HEADS``.
+        num_classes: K.
+        dtype: of the result; float32 everywhere the model runs, float64 to study the
+            regression head's tails.
+    """
+    outputs = ops.cast(outputs, dtype)
     head = check(head)
     if head == "softmax":
         return ops.softmax(outputs, axis=-1)
     if head == "ordinal":
-        above = exceedance(outputs)
-        n = ops.shape(above)[0]
-        ones = ops.ones((n, 1), "float32")
-        zeros = ops.zeros((n, 1), "float32")
-        # P(y = k) = P(y > k - 1) - P(y > k), with P(y > -1) = 1 and P(y > K - 1) = 0.
-        return ops.concatenate([ones, above], axis=-1) - ops.concatenate([above, zeros], axis=-1)
-    grades = ops.arange(num_classes, dtype="float32")
-    distance = outputs[:, :1] - grades[None, :]
-    return ops.softmax(-ops.square(distance) / (2.0 * REGRESSION_SIGMA**2), axis=-1)
+        above = ops.cast(exceedance(outputs), dtype)
+    else:
+        above = regression_exceedance(outputs, num_classes, dtype)
+    n = ops.shape(above)[0]
+    ones = ops.ones((n, 1), dtype)
+    zeros = ops.zeros((n, 1), dtype)
+    # P(y = k) = P(y > k - 1) - P(y > k), with P(y > -1) = 1 and P(y > K - 1) = 0. Where
+    # neighbouring exceedances are within a factor 2 (the saturated tail) the differences are
+    # exact in floating point, so the referable sum P(2) + ... + P(K-1) is P(y >= 2) itself and
+    # keeps its order.
+    return ops.concatenate([ones, above], axis=-1) - ops.concatenate([above, zeros], axis=-1)
 
 
 def per_example_loss(labels, outputs, head: str, num_classes: int, *, regression_loss="mse"):

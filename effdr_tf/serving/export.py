@@ -14,6 +14,10 @@ Written under ``RUN/serving/``:
   (logits for softmax; ``effdr_tf.models.heads.probabilities`` reads any head). Swish is a
   plain x*sigmoid(x) here and the in-model normalisation a Keras Normalization or Rescaling
   layer, so the converter needs no custom ops.
+* ``prior_correction.json``, for a run trained on rebalanced classes: the SavedModel's
+  probabilities are already under the training data's natural class shares
+  (``effdr_tf.evaluation.priors``); the TFLite files' raw outputs are not, and a client applies
+  the ratios recorded there (``run_tflite`` does) to read what eval.py reads.
 
 Each output is checked against the Keras model on validation images and the differences are
 returned (and printed by the command).
@@ -21,6 +25,7 @@ returned (and printed by the command).
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -28,7 +33,7 @@ import tensorflow as tf
 
 from effdr_tf import fileio
 from effdr_tf.errors import EffdrError
-from effdr_tf.evaluation import clinical, scoring
+from effdr_tf.evaluation import clinical, priors, scoring
 from effdr_tf.models import heads
 from effdr_tf.pipeline import input as pipeline
 
@@ -91,10 +96,15 @@ def _tflite(run: scoring.Run, kind: str, calibration: np.ndarray) -> bytes:
 
 
 def run_tflite(
-    model_bytes: bytes, images: np.ndarray, head: str = "softmax", num_classes: int | None = None
+    model_bytes: bytes,
+    images: np.ndarray,
+    head: str = "softmax",
+    num_classes: int | None = None,
+    prior: dict | None = None,
 ) -> np.ndarray:
     """Class probabilities from a converted model (which returns the head's raw outputs), one
-    image at a time; ``effdr_tf.models.heads`` reads the outputs."""
+    image at a time; ``effdr_tf.models.heads`` reads the outputs and ``prior`` (a run's
+    ``prior_correction``) moves them to the natural class shares."""
     interpreter = tf.lite.Interpreter(model_content=model_bytes)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
@@ -105,7 +115,8 @@ def run_tflite(
         interpreter.invoke()
         results.append(interpreter.get_tensor(out["index"])[0])
     outputs = np.stack(results).astype(np.float32)
-    return np.asarray(heads.probabilities(outputs, head, num_classes), np.float64)
+    probs = heads.probabilities(outputs, head, num_classes)
+    return np.asarray(priors.apply(probs, prior), np.float64)
 
 
 def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
@@ -120,6 +131,10 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
     images, encoded = _samples(run, check_images)
     reference = run.probabilities(images).numpy()
     report = {}
+    if run.prior_correction:
+        target = os.path.join(folder, "prior_correction.json")
+        fileio.write_atomic(target, json.dumps(run.prior_correction, indent=2))
+        report["prior_correction"] = {"path": target}
     if "saved_model" in formats:
         target = os.path.join(folder, "saved_model_bytes")
         tmp = fileio.temporary_name(target)
@@ -143,7 +158,7 @@ def export(model_dir: str, formats=FORMATS, *, check_images: int = 32) -> dict:
         data = _tflite(run, kind, images)
         target = os.path.join(folder, f"model_{kind}.tflite")
         fileio.write_atomic(target, data)
-        got = run_tflite(data, images, run.head, run.num_classes)
+        got = run_tflite(data, images, run.head, run.num_classes, run.prior_correction)
         report[kind] = {
             "path": target,
             "bytes": len(data),
