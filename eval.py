@@ -3,6 +3,7 @@
 python eval.py --model_dir=RUN --split=validation,public_test,private_test
 python eval.py --model_dir=RUN --data_dir=APTOS_TFREC --split=validation --tta=flip
 python eval.py --model_dir=RUN_A,RUN_B --split=validation,test --tta=dihedral --fellow_eye
+python eval.py --model_dir=RUN --data_dir=MESSIDOR2_TFREC --split=test --calibration=RUN
 """
 
 from absl import app, flags
@@ -29,8 +30,40 @@ _TTA_ROTATIONS = flags.DEFINE_list(
     "tta_rotations", [], "Extra test-time views: the image rotated by these degrees (e.g. 10,-10)."
 )
 _OUT = flags.DEFINE_string("out", None, "Output folder; default MODEL_DIR/eval_<data folder>.")
+_CALIBRATION = flags.DEFINE_string(
+    "calibration",
+    None,
+    "Operating points, cut points and fellow-eye stage from this grading.json instead of this "
+    "data's validation split (for an external test set): a file, an eval.py output folder, "
+    "or a run (its eval_<data folder>/grading.json).",
+)
 _IMAGES = flags.DEFINE_string("images", None, "A folder or CSV of photographs to grade.")
 _GRADCAM = flags.DEFINE_bool("gradcam", False, "With --images: a Grad-CAM overlay per image.")
+_REFERABLE = flags.DEFINE_enum(
+    "referable",
+    "high_sensitivity",
+    ["high_sensitivity", "high_specificity", "grade_fitted", "argmax"],
+    "With --images: the referable column's rule, an operating point or the fitted grade from "
+    "grading.json (fitted on validation), or argmax >= 2 (not validated).",
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 0, "With --images: photographs per batch (0: 16, with --gradcam 4)."
+)
+_EXPLAIN = flags.DEFINE_enum(
+    "explain",
+    "gradcam:stride16",
+    ["gradcam:last", "gradcam:stride16", "hirescam:last", "hirescam:stride16"],
+    "With --gradcam: the map (method:stage) drawn on each photograph; the default beat two "
+    "nulls by the most on the demo (README, explanations).",
+)
+flags.register_validator("batch_size", lambda v: v >= 0, message="--batch_size must be 0 or more")
+_PRIOR_CORRECTION = flags.DEFINE_bool(
+    "prior_correction",
+    True,
+    "A run trained on rebalanced classes (balanced sampler, class weights): move its "
+    "probabilities to the training split's natural class shares (Saerens et al. 2002). "
+    "--noprior_correction: the probabilities as the model learnt them.",
+)
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap rounds for intervals (0: off).")
 _MAX_MEGAPIXELS = flags.DEFINE_float(
     "max_megapixels",
@@ -81,6 +114,14 @@ def main(argv):
             gradcam=_GRADCAM.value,
             max_pixels=_MAX_MEGAPIXELS.value * 1e6,
             grading=_GRADING.value,
+            referable=_REFERABLE.value,
+            batch_size=_BATCH_SIZE.value or None,
+            # Given views must match the grading.json's; left out, its views are applied.
+            tta=_TTA.value if _TTA.present else None,
+            rotations=_TTA_ROTATIONS.value if _TTA_ROTATIONS.present else None,
+            method=_EXPLAIN.value.split(":")[0],
+            stage=_EXPLAIN.value.split(":")[1],
+            prior_correction=_PRIOR_CORRECTION.value,
         )
         if not result["graded"]:
             raise EffdrError(
@@ -90,7 +131,10 @@ def main(argv):
         print(
             f"graded {result['graded']} images, {result['unreadable']} unreadable: {result['csv']}"
             + (f" (grade_fitted: cut points of {result['grading']})" if result["grading"] else "")
-        )
+            + f"\nreferable: {result['referable']['description']}"
+            + (f"\nGrad-CAM heat scale: {result['heat_scale']['value']:.4g}, the "
+               f"{result['heat_scale']['from']}" if result["heat_scale"] else "")
+        )  # fmt: skip
         return
     from effdr_tf.evaluation import evaluate
 
@@ -103,6 +147,8 @@ def main(argv):
         out_dir=_OUT.value,
         bootstrap_rounds=_BOOTSTRAP.value,
         fellow=_FELLOW_EYE.value,
+        calibration=_CALIBRATION.value,
+        prior_correction=_PRIOR_CORRECTION.value,
     )
     for split, result in summary["splits"].items():
         referable = result.get("referable", {}).get("auc")
@@ -113,10 +159,17 @@ def main(argv):
         second = (result.get("fellow_eye") or {}).get("image")
         if second:
             extra += f" kappa_fellow_eye={second['kappa']:.4f}"
+        kappa_95 = (result.get("bootstrap_95") or {}).get("kappa")
+        if kappa_95:
+            extra += f" kappa_95=[{kappa_95[0]:.4f},{kappa_95[1]:.4f}]"
         print(
-            f"{split}: n={result['count']} accuracy={result['accuracy']:.4f} "
-            f"kappa={result['kappa']:.4f}{extra}"
+            f"{split}: n={result['count']} patients={result['patients']} "
+            f"accuracy={result['accuracy']:.4f} kappa={result['kappa']:.4f}{extra}"
         )
+    for what, where in summary["fitted_from"].items():
+        print(f"{what}: {where}")
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}")
     print(f"report: {summary['out_dir']}/report.html")
 
 

@@ -9,6 +9,7 @@ import cv2
 import pytest
 
 from effdr_tf import demo
+from effdr_tf.evaluation.gradcam import DISC_LEVEL
 from tests import browser
 from tests.conftest import run_command
 
@@ -51,19 +52,36 @@ def test_demo_end_to_end_writes_every_promised_output(tmp_path, capsys):
     with open(evaluation / "predictions_test.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 120
-    assert 'data-figures-loaded="8/8"' in browser.dom_after_load(evaluation / "report.html")
+    # The report's eight figures and the seven overlays of its class-activation section.
+    page = (evaluation / "report.html").read_text()
+    assert 'data-figures-loaded="15/15"' in browser.dom_after_load(evaluation / "report.html")
+    assert "Where the model looks, against two nulls" in page and page.count("(null)") == 2
 
-    # Grad-CAM from the last convolutional stage points at the drawn lesions of every test
-    # photograph with referable DR.
-    focus = summary["gradcam"]["lesion_focus"]
-    assert focus["images"] == sum(int(r["label"]) >= 2 for r in rows)
-    assert focus["inside"] > focus["outside"] and focus["more_inside"] >= 0.75, focus
-    files = summary["gradcam"]["files"]
+    # Every map is measured beside the two nulls on the same test photographs with referable
+    # DR, and the overlays use the map that leads the better null by the most.
+    gradcam = summary["gradcam"]
+    table = {r["map"]: r for r in gradcam["table"]}
+    referable = sum(int(r["label"]) >= 2 for r in rows)
+    assert set(table) == set(demo.MAP_NAMES.values()) | {"centre prior", "another image's lesions"}
+    assert all(r["images"] == referable for r in table.values())
+    maps = [r for r in table.values() if "lead" in r]
+    best = max(maps, key=lambda r: r["lead"])
+    assert gradcam["default"] == best["map"] and gradcam["lesion_focus"] == best
+    for r in maps:  # the lead is the AUC above the better null
+        nulls = max(table["centre prior"]["auc"], table["another image's lesions"]["auc"])
+        assert r["lead"] == pytest.approx(r["auc"] - nulls, abs=1e-9)
+    # Printed as measured: the table with both nulls and what does (or does not) beat them.
+    assert "centre prior" in stdout and "another image's lesions" in stdout
+    assert gradcam["verdict"] in stdout
+    assert ("No map beats both nulls" in stdout) == (best["lead"] <= 0)
+    files = gradcam["files"]
     assert sorted(p.name for p in (out / "gradcam").iterdir()) == sorted(files)
     assert len(files) == 7  # six referable photographs and one grade 0
-    for name in files:
+    for name in files:  # at twice the model's input, with a caption above and a colour bar
         image = cv2.imread(str(out / "gradcam" / name))
-        assert image is not None and image.shape == (160, 160, 3)
+        assert image is not None and image.shape[0] > 320 and image.shape[1] > 320
+        # The black corner stays dark: no colour (JET puts a channel above 120) off the fundus.
+        assert image[-320:, :320][:6, :6].max() <= DISC_LEVEL
 
     # What the newcomer reads: each stage, every output's place, the TensorBoard command.
     for stage in range(1, 6):
@@ -72,6 +90,13 @@ def test_demo_end_to_end_writes_every_promised_output(tmp_path, capsys):
         assert str(path) in stdout
     assert f"tensorboard --logdir {run}" in stdout
     assert f"quadratic weighted kappa {summary['test_kappa']:.3f}" in stdout
+    # Patients counted and resampled: on 60 test patients (under 30 referable) the intervals
+    # give way to a warning, printed and on the page.
+    assert test["patients"] == summary["test_patients"] == 60
+    assert "Test split (120 images of 60 patients; intervals resample patients)" in stdout
+    assert "<h2>test (120 images of 60 patients)</h2>" in page
+    assert summary["test_intervals_95"] is None and summary["warnings"]
+    assert all(f"warning: {w}" in stdout for w in summary["warnings"])
 
     # The converted weights are cached: converted once, then reused untouched.
     assert "converted efficientnet-lite0" in stdout

@@ -48,7 +48,8 @@ def _predictions(case, n=600, seed=0):
 def test_clinical_metrics_equal_sklearn(case):
     labels, probs = _predictions(case)
     predicted = probs.argmax(1)
-    result = clinical.summarize(labels, probs, bootstrap_rounds=0)
+    points = clinical.operating_points(labels, probs)  # as if fitted on validation
+    result = clinical.summarize(labels, probs, points, bootstrap_rounds=0)
     assert result["kappa"] == pytest.approx(
         skm.cohen_kappa_score(labels, predicted, weights="quadratic"), abs=1e-9
     )
@@ -83,6 +84,9 @@ def test_one_class_labels_leave_aucs_undefined_not_crashing():
     result = clinical.summarize(labels, probs, bootstrap_rounds=20)
     assert result["roc_auc"][0] is None and result["referable"]["auc"] is None
     assert "operating_points" not in result["referable"]
+    assert clinical.can_fit_operating_points(labels) == "no referable images (grade >= 2)"
+    with pytest.raises(ValueError):
+        clinical.operating_points(labels, probs)
 
 
 def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_data():
@@ -136,7 +140,7 @@ def test_operating_points_come_from_validation_only(monkeypatch, tmp_path):
     manifest = {"num_classes": K, "splits": {s: {"count": 400} for s in data}}
     config = ml_collections.ConfigDict({"variant": "tiny", "model": {"normalization": "auto"}})
     monkeypatch.setattr(
-        scoring, "load_run", lambda d: scoring.Run(d, _FakeModel(), config), raising=True
+        scoring, "load_run", lambda d, **kw: scoring.Run(d, _FakeModel(), config), raising=True
     )
     monkeypatch.setattr(evaluate.pipeline, "load_manifest", lambda d: manifest)
 
@@ -217,9 +221,14 @@ def test_eval_writes_metrics_predictions_figures_and_report(trained_run, tmp_pat
         f"--out={out}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "test: n=20" in result.stdout
+    assert "test: n=20 patients=" in result.stdout
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["thresholds_from"] == "validation" and summary["tta"] == "flip"
+    assert summary["fitted_from"]["operating points"].startswith("validation (22 images of")
+    # 20 test images are too few for intervals: a warning instead, printed and on the page.
+    assert summary["splits"]["test"]["bootstrap_95"] is None
+    assert "warning: test: only " in result.stdout
+    assert "intervals withheld" in (out / "report.html").read_text()
     manifest = json.loads((trained_run / "data" / "manifest.json").read_text())
     for split in ("validation", "test"):
         with open(out / f"predictions_{split}.csv") as f:
@@ -268,6 +277,10 @@ def test_eval_bad_inputs_exit_2_with_one_line(trained_run, tmp_path):
     cases = [
         ([f"--model_dir={empty}"], "config.json: not found"),
         ([f"--model_dir={trained_run / 'run'}", "--split=public_test"], "no split 'public_test'"),
+        (
+            [f"--model_dir={trained_run / 'run'}", "--split=test", f"--calibration={empty}"],
+            f"{empty}: no grading.json there",
+        ),
     ]
     for args, message in cases:
         result = run_command("eval.py", *args, f"--out={tmp_path / 'out'}")
@@ -307,15 +320,29 @@ def test_predict_on_a_folder_grades_good_images_and_reports_bad_ones(trained_run
     # A few KB each whose headers declare 3.6 gigapixels: OpenCV raised on these before.
     (folder / "huge.jpg").write_bytes(patched_jpeg(60000, 60000))
     (folder / "huge.png").write_bytes(zeros_png(60000, 60000, rows=1))
+    # Operating points as eval.py fits them on validation: `referable` follows the chosen one.
+    grading = tmp_path / "grading.json"
+    grading.write_text(json.dumps({
+        "format": 2, "model_dir": str(trained_run / "run"), "runs": 1, "head": ["softmax"],
+        "tta": "none", "tta_rotations": [], "cut_points": None, "prior_correction": None,
+        "operating_points": {"high_sensitivity": 0.25, "high_specificity": 0.75},
+    }))  # fmt: skip
     result = run_command(
         "eval.py",
         f"--model_dir={trained_run / 'run'}",
         f"--images={folder}",
         f"--out={tmp_path}",
+        f"--grading={grading}",
+        "--referable=high_specificity",
+        "--batch_size=2",
         "--gradcam",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "graded 3 images, 5 unreadable" in result.stdout
+    rule = "high_specificity operating point: referable score >= 0.75"
+    assert f"referable: {rule}" in result.stdout
+    assert "Grad-CAM heat scale" in result.stdout and "validation images" in result.stdout
+    assert not (tmp_path / "predictions.csv.partial").exists()
     with open(tmp_path / "predictions.csv") as f:
         rows = {r["path"]: r for r in csv.DictReader(f)}
     assert len(rows) == 8  # every file of the folder, the notes too
@@ -333,9 +360,14 @@ def test_predict_on_a_folder_grades_good_images_and_reports_bad_ones(trained_run
         got = np.array([float(rows[path][f"p{c}"]) for c in range(K)])
         np.testing.assert_allclose(got, scored["probabilities"][index[image_id]], atol=1e-5)
         assert rows[path]["error"] == ""
+        score = float(rows[path]["referable_score"])
+        assert rows[path]["referable"] == str(int(score >= 0.75))  # not argmax >= 2
+        assert rows[path]["referable_rule"] == rule
     overlays = sorted((tmp_path / "gradcam").glob("*.png"))
     assert len(overlays) == 3
-    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in overlays)
+    for p in overlays:  # drawn on the photograph at more than the model's 32 px, with a bar
+        image = cv2.imread(str(p))
+        assert image is not None and image.shape[0] > 2 * 32 and image.shape[1] > image.shape[0]
 
 
 def test_predict_turns_any_failure_of_one_file_into_its_row(trained_run, tmp_path, monkeypatch):
@@ -397,6 +429,41 @@ def test_predict_turns_any_failure_of_one_file_into_its_row(trained_run, tmp_pat
     assert result.returncode == 2 and "--max_megapixels must be above 0" in result.stderr
 
 
+def test_predict_keeps_the_rows_graded_before_a_crash(trained_run, tmp_path, monkeypatch):
+    """Rows are written as their batch is graded: when the third photograph's overlay fails,
+    the first batch's rows are in predictions.csv.partial, and no predictions.csv claims the
+    folder is done."""
+    import tensorflow as tf
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shards = sorted((trained_run / "data").glob("test-*.tfrecord*"))
+    for i, record in enumerate(tf.data.TFRecordDataset([str(s) for s in shards]).take(5)):
+        example = tf.io.parse_single_example(record, pipeline_features())
+        (folder / f"{i}.png").write_bytes(example["image/encoded"].numpy())
+    draw = predict.gradcam_lib.overlay_png
+
+    def failing(*args, **kwargs):
+        failing.calls += 1
+        if failing.calls == 3:
+            raise MemoryError("killed")
+        return draw(*args, **kwargs)
+
+    failing.calls = 0
+    monkeypatch.setattr(predict.gradcam_lib, "overlay_png", failing)
+    out = tmp_path / "out"
+    with pytest.raises(MemoryError):
+        predict.predict_images(
+            str(trained_run / "run"), str(folder), str(out), gradcam=True, batch_size=2,
+            referable="argmax",
+        )  # fmt: skip
+    assert not (out / "predictions.csv").exists()
+    with open(out / "predictions.csv.partial") as f:
+        rows = list(csv.DictReader(f))
+    assert [os.path.basename(r["path"]) for r in rows] == ["0.png", "1.png"]
+    assert all(r["grade"] != "" and r["referable_rule"].startswith("argmax") for r in rows)
+
+
 def pipeline_features():
     from effdr_tf.pipeline import input as pipeline
 
@@ -421,6 +488,7 @@ def test_gradcam_puts_the_heat_where_the_evidence_is():
     image = np.zeros((1, 32, 32, 3), np.float32)
     image[0, 8:16, 20:28] = 200.0
     heat = gradcam.heatmaps(model, image, classes=np.array([1]))[0]
+    heat = gradcam.unit(heat, heat.max())  # one image: its own maximum is the fixed scale
     inside = np.zeros((32, 32), bool)
     inside[8:16, 20:28] = True
     assert heat[inside].mean() > 0.9 and heat[~inside].mean() < 0.1
@@ -551,11 +619,12 @@ def test_an_ensemble_of_two_copies_of_a_run_equals_the_run(trained_run, tmp_path
         assert a == b
         assert one["splits"][split]["kappa"] == two["splits"][split]["kappa"]
     assert one["grade_cut_points"] == two["grade_cut_points"]
-    # These shards record no eyes: the fellow-eye stage has nothing to pair and changes nothing.
-    second = two["splits"]["test"]["fellow_eye"]
-    assert second["images_with_fellow_eye"] == 0
-    assert second["image"]["kappa"] == two["splits"]["test"]["kappa"]
-    assert "fellow-eye stage" in (tmp_path / "two" / "report.html").read_text()
+    # These shards record no eyes: the fellow-eye stage has nothing to pair, is not fitted,
+    # and no figure claims to use it; the report says why.
+    assert "fellow_eye" not in two["splits"]["test"] and two["fellow_eye"]["cut_points"] is None
+    why = "requested, but no validation split with pairs of eyes to fit it on"
+    assert two["fitted_from"]["fellow-eye stage"] == why
+    assert why in (tmp_path / "two" / "report.html").read_text()
 
 
 def test_cut_points_fitted_on_validation_grade_new_photographs(trained_run, tmp_path):

@@ -4,14 +4,19 @@ Each image goes through the builder's fundus preprocessing (decode, disc crop or
 the model's input size, with the mode the training shards were built with) and is then encoded
 and read by the evaluation pipeline's own ``eval_example``, so a photograph is seen exactly as
 a shard image is. Unreadable or rejected images get a row with the reason; the rest are graded.
+
+Decisions come from what eval.py fitted on validation (``grading.json``): ``referable`` is an
+operating point on the referable score (or the grade at the fitted cut points), named with its
+threshold in each row, and a grading.json fitted on another head, an ensemble or other
+test-time views is refused rather than applied to outputs it does not describe.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -86,15 +91,191 @@ def _display(model_input: np.ndarray) -> np.ndarray:
     return (model_input - low) / max(high - low, 1e-6) * 255.0
 
 
+REFERABLE_RULES = ("high_sensitivity", "high_specificity", "grade_fitted", "argmax")
+PARTIAL_SUFFIX = ".partial"
+# Overlays are drawn on the preprocessed photograph at this side (at least twice the model's
+# input), not on the model's input: lesions a few pixels wide at 224 px stay visible.
+OVERLAY_SIDE = 768
+# Grad-CAM holds the activations after the explained layer for the backward pass: a smaller
+# batch than plain grading keeps a B5 at 456 px within a few GB.
+BATCH_SIZE = 16
+GRADCAM_BATCH_SIZE = 4
+SCALE_IMAGES = 32
+
+
+def load_grading(path: str) -> dict:
+    """A grading.json written by eval.py, as a dict; one error line when it is not one."""
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            grading = json.load(f)
+        if not isinstance(grading, dict):
+            raise TypeError("not a JSON object")
+    except (tf.errors.OpError, OSError, ValueError, TypeError) as e:
+        raise EffdrError(f"{path}: not a grading.json written by eval.py ({e})") from e
+    return grading
+
+
+def check_grading(grading: dict, path: str, run: scoring.Run, tta: str | None, rotations):
+    """The TTA to grade with, after checking that ``grading`` was fitted on this run's kind of
+    outputs: the same head, one run (not an ensemble's average), and the same test-time views.
+
+    Args:
+        grading: a grading.json's content (``load_grading``).
+        path: its path, for the error line.
+        run: the run that grades the photographs.
+        tta: ``--tta`` when given, else None (take the grading.json's).
+        rotations: ``--tta_rotations`` when given, else None.
+
+    Returns:
+        (tta, rotations) to apply.
+
+    Raises:
+        EffdrError: one line naming ``path`` and the mismatch.
+    """
+    heads = grading.get("head") or []
+    heads = [heads] if isinstance(heads, str) else list(heads)
+    runs = int(grading.get("runs") or len(heads) or 1)
+    if runs != 1:
+        raise EffdrError(
+            f"{path}: fitted on an ensemble of {runs} runs' averaged probabilities; --images "
+            f"grades with the one run {run.model_dir}, whose outputs those cut points and "
+            "operating points do not describe"
+        )
+    if heads and heads != [run.head]:
+        raise EffdrError(
+            f"{path}: fitted on a {'/'.join(heads)} head; {run.model_dir} has a {run.head} head"
+        )
+    mismatch = scoring.prior_mismatch(grading.get("prior_correction"), [run])
+    if mismatch:
+        raise EffdrError(f"{path}: {mismatch}")
+    fitted_tta = grading.get("tta") or "none"
+    fitted_rotations = [float(a) for a in grading.get("tta_rotations") or []]
+    if tta is not None and tta != fitted_tta:
+        raise EffdrError(
+            f"{path}: fitted with --tta={fitted_tta}; grading with --tta={tta} would read "
+            f"other probabilities (leave --tta out to apply {fitted_tta})"
+        )
+    if rotations is not None and [float(a) for a in rotations] != fitted_rotations:
+        raise EffdrError(
+            f"{path}: fitted with --tta_rotations={','.join(f'{a:g}' for a in fitted_rotations)}"
+            f"; --tta_rotations={','.join(f'{float(a):g}' for a in rotations)} differs (leave "
+            "it out to apply the fitted views)"
+        )
+    return fitted_tta, fitted_rotations
+
+
+def _cut_points(grading: dict | None, path: str | None, num_classes: int) -> np.ndarray | None:
+    cuts = None if grading is None else grading.get("cut_points")
+    if cuts is None:
+        return None
+    if not isinstance(cuts, list) or len(cuts) != num_classes - 1:
+        count = len(cuts) if isinstance(cuts, list) else 0
+        raise EffdrError(f"{path}: {count} cut points for a model of {num_classes} grades")
+    return np.asarray(cuts, np.float64)
+
+
+def referable_rule(grading: dict | None, path: str | None, rule: str, cuts) -> dict:
+    """How the ``referable`` column is decided.
+
+    Args:
+        grading: the grading.json's content, or None.
+        path: its path.
+        rule: one of ``REFERABLE_RULES``: an operating point fitted on validation (a threshold
+            on the referable score P(2)+P(3)+P(4)), the grade at the fitted cut points, or the
+            argmax grade (which under-calls referable DR; only when asked for).
+        cuts: the cut points, or None.
+
+    Returns:
+        {"rule": rule, "threshold": float or None, "available": bool, "why": the reason the
+        column is empty when it is not available}.
+    """
+    if rule not in REFERABLE_RULES:
+        raise EffdrError(f"--referable={rule}: choose one of {', '.join(REFERABLE_RULES)}")
+    out = {"rule": rule, "threshold": None, "available": True, "why": ""}
+    if rule == "argmax":
+        return out
+    if grading is None:
+        out.update(available=False, why="no grading.json (pass --grading=FILE from eval.py)")
+        return out
+    if rule == "grade_fitted":
+        if cuts is None:
+            out.update(available=False, why=f"{path} has no cut points")
+        return out
+    points = grading.get("operating_points") or {}
+    if points.get(rule) is None:
+        out.update(available=False, why=f"{path} has no {rule} operating point")
+        return out
+    out["threshold"] = float(points[rule])
+    return out
+
+
+def _referable(p: np.ndarray, score: float, fitted, decision: dict):
+    if not decision["available"]:
+        return ""
+    if decision["rule"] == "argmax":
+        return int(p.argmax() >= clinical.REFERABLE_GRADE)
+    if decision["rule"] == "grade_fitted":
+        return int(fitted >= clinical.REFERABLE_GRADE)
+    return int(score >= decision["threshold"])
+
+
+def describe_rule(decision: dict) -> str:
+    """The rule as the printed line and the CSV's ``referable_rule`` column name it."""
+    if not decision["available"]:
+        return f"none: {decision['why']}"
+    if decision["threshold"] is not None:
+        return f"{decision['rule']} operating point: referable score >= {decision['threshold']:.9g}"
+    if decision["rule"] == "grade_fitted":
+        return "grade_fitted >= 2 (cut points fitted on validation)"
+    return "argmax grade >= 2 (not a validated operating point)"
+
+
+def _default_grading(run: scoring.Run) -> str | None:
+    data = os.path.basename(os.path.normpath(run.config.data.get("data_dir") or ""))
+    path = os.path.join(run.model_dir, f"eval_{data}", evaluate.GRADING_FILE)
+    return path if data and tf.io.gfile.exists(path) else None
+
+
+def heat_scale(run: scoring.Run, method: str, stage: str) -> tuple[float | None, str]:
+    """The one heat scale for every overlay of this run (``gradcam.fit_scale``), fixed on up to
+    ``SCALE_IMAGES`` of its validation images; (scale, where it comes from), or (None, why not)
+    when the run's data have no validation split."""
+    data_dir = run.config.data.get("data_dir") or ""
+    try:
+        manifest = pipeline.load_manifest(data_dir) if data_dir else {}
+    except (EffdrError, OSError, ValueError, tf.errors.OpError):
+        manifest = {}
+    if not (manifest.get("splits") or {}).get("validation", {}).get("count"):
+        return None, "the run's data have no validation split"
+    ds = pipeline.make_dataset(
+        scoring.eval_config(run, data_dir), "validation", training=False,
+        batch_size=GRADCAM_BATCH_SIZE,
+    )  # fmt: skip
+    maps, discs = [], []
+    for images, _ in ds.take(-(-SCALE_IMAGES // GRADCAM_BATCH_SIZE)):
+        maps.append(gradcam_lib.heatmaps(run.model, images, head=run.head, method=method,
+                                         stage=stage))  # fmt: skip
+        discs.append(gradcam_lib.disc(_display(images.numpy())))
+    count = sum(len(m) for m in maps)
+    scale = gradcam_lib.fit_scale(np.concatenate(maps), np.concatenate(discs))
+    return scale, f"99th percentile of the heat on {count} validation images of {data_dir}"
+
+
 def predict_images(
     model_dir: str,
     images: str,
     out_dir: str,
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     gradcam: bool = False,
     max_pixels: float | None = fundus.DEFAULT_MAX_PIXELS,
     grading: str | None = None,
+    referable: str = "high_sensitivity",
+    tta: str | None = None,
+    rotations=None,
+    method: str = "gradcam",
+    stage: str = "stride16",
+    prior_correction: bool = True,
 ) -> dict:
     """Writes ``out_dir/predictions.csv`` (and with ``gradcam`` one heatmap overlay PNG per
     graded image in ``out_dir/gradcam/``); returns counts of graded and unreadable images.
@@ -102,17 +283,44 @@ def predict_images(
     ``grade`` is the argmax; ``grade_fitted`` reads the expected grade at the cut points that
     eval.py fitted on validation (``grading``: its ``grading.json``; default the one of the
     run's evaluation on its own data, ``MODEL_DIR/eval_<data folder>/grading.json``), empty when
-    there is none.
+    there is none. ``referable`` follows ``referable`` (``referable_rule``), named with its
+    threshold in the ``referable_rule`` column; empty when the grading.json cannot give it.
+    The grading.json must describe this run's outputs (``check_grading``); its test-time
+    views are applied unless ``tta``/``rotations`` are given, which must then match.
+
+    With ``gradcam``, the map is ``method`` (``gradcam.METHODS``) at ``stage``
+    (``gradcam.STAGES``), on the heat scale ``heat_scale`` fixes, drawn on the preprocessed
+    photograph at ``OVERLAY_SIDE`` px.
+
+    Rows are written as their batch is graded to ``predictions.csv.partial``, renamed to
+    ``predictions.csv`` at the end: a crash leaves the rows already graded readable there.
 
     Whatever goes wrong with one file (unreadable, over ``max_pixels`` as its header declares,
     a decoder error, out of memory) becomes that file's row, with the reason in its ``error``
     column; the other files are graded.
+
+    ``prior_correction``: as for eval.py (``scoring.load_run``); must match the grading.json's.
     """
-    run = scoring.load_run(model_dir)
-    cuts, grading = _cut_points(run, grading)
+    run = scoring.load_run(model_dir, prior_correction=prior_correction)
+    grading = grading or _default_grading(run)
+    content = load_grading(grading) if grading else None
+    if content is not None:
+        tta, rotations = check_grading(content, grading, run, tta, rotations)
+    tta = tta or "none"
+    rotations = tuple(float(a) for a in rotations or ())
+    if tta not in scoring.TTA_MODES:
+        raise EffdrError(f"--tta={tta}: choose one of {', '.join(scoring.TTA_MODES)}")
+    cuts = _cut_points(content, grading, run.num_classes)
+    decision = referable_rule(content, grading, referable, cuts)
+    rule = describe_rule(decision)
     paths = list_images(images)
     prep = _preprocessing(run)
     size = run.image_size
+    batch_size = batch_size or (GRADCAM_BATCH_SIZE if gradcam else BATCH_SIZE)
+    overlay_side = min(max(2 * size, OVERLAY_SIDE), 2048)
+    scale, scale_from = (None, "")
+    if gradcam:
+        scale, scale_from = heat_scale(run, method, stage)
 
     @tf.function(reduce_retracing=True)
     def prepare(encoded):
@@ -120,98 +328,120 @@ def predict_images(
 
     @tf.function(reduce_retracing=True)
     def forward(batch):
-        return run.probabilities(batch)
+        return scoring.tta_probabilities(run.probabilities, batch, tta, rotations)
 
     tf.io.gfile.makedirs(os.path.join(out_dir, "gradcam") if gradcam else out_dir)
+    k = run.num_classes
+    target = os.path.join(out_dir, "predictions.csv")
+    partial = target + PARTIAL_SUFFIX
     rows: list[dict] = []
-    pending: list[tuple[int, bytes]] = []
+    pending: list[tuple[int, bytes, np.ndarray | None]] = []
+    state = {"written": 0, "graded": 0}
+    # A predictions.csv of an earlier grading must not pass for this one's if this one stops.
+    if tf.io.gfile.exists(target):
+        tf.io.gfile.remove(target)
+    # Opened here and closed on every way out below (a with-block would close it before the
+    # rename or hide which rows were done when a batch fails).
+    out = tf.io.gfile.GFile(partial, "w")
+    writer = csv.writer(out)
+    writer.writerow(["path", "grade", "grade_fitted", "referable", "referable_rule",
+                     "referable_score"] + [f"p{c}" for c in range(k)] + ["error"])  # fmt: skip
+
+    def write_done():
+        for row in rows[state["written"] :]:
+            p = row.get("probabilities")
+            if p is None:
+                writer.writerow([row["path"], "", "", "", "", ""] + [""] * k + [row["error"]])
+                continue
+            state["graded"] += 1
+            score = float(clinical.referable_score(p[np.newaxis])[0]) if k > 2 else float("nan")
+            fitted = (
+                int(thresholds.apply(thresholds.expected_grade(p[np.newaxis]), cuts)[0])
+                if cuts is not None
+                else ""
+            )
+            writer.writerow(
+                [row["path"], int(p.argmax()), fitted, _referable(p, score, fitted, decision),
+                 rule if decision["available"] else "", f"{score:.6f}"]
+                + [f"{v:.6f}" for v in p] + [""]
+            )  # fmt: skip
+        state["written"] = len(rows)
+        out.flush()
 
     def flush():
+        nonlocal scale, scale_from
         if not pending:
             return
-        batch = prepare(tf.constant([data for _, data in pending]))
+        batch = prepare(tf.constant([data for _, data, _ in pending]))
         probs = forward(batch).numpy()
-        heat = gradcam_lib.heatmaps(run.model, batch, head=run.head) if gradcam else None
-        for i, ((index, _), p) in enumerate(zip(pending, probs, strict=True)):
+        if gradcam:
+            heat = gradcam_lib.heatmaps(run.model, batch, head=run.head, method=method,
+                                        stage=stage)  # fmt: skip
+            if scale is None:
+                scale = gradcam_lib.fit_scale(heat, gradcam_lib.disc(_display(batch.numpy())))
+                scale_from = (
+                    f"99th percentile of the heat on the first {len(pending)} photographs "
+                    "(the run's data have no validation split)"
+                )
+        for i, ((index, _, crop), p) in enumerate(zip(pending, probs, strict=True)):
             rows[index].update(probabilities=p)
-            if heat is not None:
+            if gradcam:
                 stem = os.path.splitext(os.path.basename(rows[index]["path"]))[0]
                 name = os.path.join(out_dir, "gradcam", f"{index:05d}_{stem}.png")
-                fileio.write_atomic(
-                    name, gradcam_lib.overlay_png(_display(batch[i].numpy()), heat[i])
+                caption = f"grade {int(p.argmax())} (p={p.max():.2f})" + (
+                    f", referable score {clinical.referable_score(p[None])[0]:.2f}" if k > 2 else ""
                 )
+                fileio.write_atomic(name, gradcam_lib.overlay_png(
+                    crop, gradcam_lib.unit(heat[i], scale), caption=caption,
+                    scale_label=f"{scale:.3g}"))  # fmt: skip
                 rows[index]["gradcam"] = name
         pending.clear()
+        write_done()
 
-    for path in paths:
-        row = {"path": path, "error": ""}
-        rows.append(row)
-        if not _is_image_name(path):
-            row["error"] = f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})"
-            continue
-        try:
-            data = fundus.read(path, max_pixels)
-            image = fundus.decode(data, int(DECODE_MARGIN * size), max_pixels)
-            image = fundus.preprocess(image, prep.get("mode", "crop"), size)
-            data = fundus.encode(image, prep.get("image_format") or "jpeg",
-                                 prep.get("jpeg_quality") or 95)  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - one bad photograph must not stop the others
-            row["error"] = fundus.describe_failure(e)
-            continue
-        pending.append((len(rows) - 1, data))
-        if len(pending) == batch_size:
-            flush()
-    flush()
-
-    k = run.num_classes
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "grade", "grade_fitted", "referable", "referable_score"]
-                    + [f"p{c}" for c in range(k)] + ["error"])  # fmt: skip
-    graded = 0
-    for row in rows:
-        p = row.get("probabilities")
-        if p is None:
-            writer.writerow([row["path"], "", "", "", ""] + [""] * k + [row["error"]])
-            continue
-        graded += 1
-        score = float(clinical.referable_score(p[np.newaxis])[0]) if k > 2 else float("nan")
-        fitted = (
-            int(thresholds.apply(thresholds.expected_grade(p[np.newaxis]), cuts)[0])
-            if cuts is not None
-            else ""
+    try:
+        for path in paths:
+            row = {"path": path, "error": ""}
+            rows.append(row)
+            if not _is_image_name(path):
+                row["error"] = f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})"
+                continue
+            try:
+                data = fundus.read(path, max_pixels)
+                image = fundus.decode(data, int(DECODE_MARGIN * size), max_pixels)
+                mode = prep.get("mode", "crop")
+                encoded = fundus.encode(fundus.preprocess(image, mode, size),
+                                        prep.get("image_format") or "jpeg",
+                                        prep.get("jpeg_quality") or 95)  # fmt: skip
+                crop = None
+                if gradcam:
+                    large = fundus.decode(data, int(DECODE_MARGIN * overlay_side), max_pixels)
+                    crop = fundus.preprocess(large, mode, overlay_side)
+            except Exception as e:  # noqa: BLE001 - one bad photograph must not stop the others
+                row["error"] = fundus.describe_failure(e)
+                continue
+            pending.append((len(rows) - 1, encoded, crop))
+            if len(pending) == batch_size:
+                flush()
+        flush()
+        write_done()
+    except BaseException:
+        out.close()
+        print(
+            f"the rows graded so far are in {partial} (incomplete: {state['graded']} graded)",
+            file=sys.stderr,
         )
-        writer.writerow(
-            [row["path"], int(p.argmax()), fitted, int(p.argmax() >= clinical.REFERABLE_GRADE),
-             f"{score:.6f}"] + [f"{v:.6f}" for v in p] + [""]
-        )  # fmt: skip
-    target = os.path.join(out_dir, "predictions.csv")
-    fileio.write_atomic(target, buf.getvalue())
+        raise
+    out.close()
+    tf.io.gfile.rename(partial, target, overwrite=True)
     return {
-        "graded": graded,
-        "unreadable": len(rows) - graded,
+        "graded": state["graded"],
+        "unreadable": len(rows) - state["graded"],
         "csv": target,
         "rows": rows,
         "cut_points": None if cuts is None else cuts.tolist(),
         "grading": grading,
+        "referable": decision | {"description": rule},
+        "tta": tta,
+        "tta_rotations": list(rotations),
+        "heat_scale": None if scale is None else {"value": scale, "from": scale_from},
     }
-
-
-def _cut_points(run: scoring.Run, grading: str | None) -> tuple[np.ndarray | None, str | None]:
-    """Cut points from eval.py's grading.json; an explicit path must exist and match."""
-    if grading is None:
-        data = os.path.basename(os.path.normpath(run.config.data.data_dir or ""))
-        grading = os.path.join(run.model_dir, f"eval_{data}", evaluate.GRADING_FILE)
-        if not data or not tf.io.gfile.exists(grading):
-            return None, None
-    try:
-        with tf.io.gfile.GFile(grading) as f:
-            cuts = json.load(f)["cut_points"]
-    except (tf.errors.OpError, OSError, ValueError, KeyError, TypeError) as e:
-        raise EffdrError(f"{grading}: not a grading.json written by eval.py ({e})") from e
-    if cuts is None or len(cuts) != run.num_classes - 1:
-        raise EffdrError(
-            f"{grading}: {0 if cuts is None else len(cuts)} cut points for a model of "
-            f"{run.num_classes} grades"
-        )
-    return np.asarray(cuts, np.float64), grading
