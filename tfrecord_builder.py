@@ -46,8 +46,14 @@ _UNLABELLED = flags.DEFINE_enum(
 _SYNTHETIC_PRESET = flags.DEFINE_enum(
     "synthetic_preset",
     "standard",
-    ["standard", "hard"],
-    "--data=synthetic_dr: plain lesions, or fewer, smaller, fainter ones and noisy labels.",
+    ["standard", "hard", "varied"],
+    "--data=synthetic_dr: plain lesions; fewer, smaller, fainter ones and noisy labels; or "
+    "procedural eyes from several camera sites, graded by simulated graders.",
+)
+_SYNTHETIC_TEST_SITES = flags.DEFINE_list(
+    "synthetic_test_sites",
+    [],
+    "--synthetic_preset=varied: sites (A, B, C, D) whose patients form the test split.",
 )
 _IMAGE_FORMAT = flags.DEFINE_enum("image_format", "jpeg", ["jpeg", "png"], "Encoding in shards.")
 _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality 1-100.")
@@ -98,6 +104,7 @@ def main(argv):
         seed=_SEED.value,
         image_size=size,
         preset=_SYNTHETIC_PRESET.value,
+        test_sites=tuple(_SYNTHETIC_TEST_SITES.value) or None,
         unlabelled=_UNLABELLED.value,
     )
     options = builder.BuildOptions(

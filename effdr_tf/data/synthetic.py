@@ -17,10 +17,12 @@ sensor noise. Lesions by grade, on top of the lower grades' findings:
 Randomness comes from two streams per image (acquisition, lesions), both derived from the seed
 and the image index, so an image can be redrawn without its lesions for tests.
 
-Two presets (``PRESETS``): ``standard`` draws every grade's findings plainly (a small model
+Presets (``PRESETS``): ``standard`` draws every grade's findings plainly (a small model
 separates the grades almost perfectly), ``hard`` draws fewer, smaller and fainter lesions and
 gives some images a neighbouring grade's label, as real graders disagree (most between grades
-1 and 2), so that methods that read grades better can be told apart.
+1 and 2), so that methods that read grades better can be told apart. ``varied`` replaces the
+one base photograph with procedural eyes photographed at several camera sites and labels read
+by simulated graders (``effdr_tf.data.synthetic_sites``); it reuses ``draw_lesions``.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ PRESETS = {
     # Graders disagree most between mild and moderate DR: 20 % across that boundary here, 6-10 %
     # across the others.
     "hard": Preset(count=0.5, size=0.7, opacity=0.55, boundary_noise=(0.06, 0.20, 0.10, 0.10)),
+    # Procedural eyes photographed at several camera sites, labels read by simulated graders
+    # (``synthetic_sites``); its lesion counts follow each image's latent severity.
+    "varied": Preset(),
 }
 
 
