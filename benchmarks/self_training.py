@@ -1,27 +1,30 @@
-"""Noisy Student with few grades, on the hard synthetic_dr setting: does the student beat its
-teacher on test?
+"""Noisy Student with few grades: does the student beat a control matched in noise and steps?
 
-    python -m benchmarks.self_training [--num_images=3200] [--image_size=128] [--out=DIR]
+    python -m benchmarks.self_training [--preset=varied|hard] [--out=DIR]
+    python -m benchmarks.self_training --protocol=FILE [--preset=P] [--out=DIR]
 
-Builds synthetic_dr with ``--synthetic_preset=hard``; validation is carved from train as usual
-(20 % of the patients), then 90 % of the remaining training patients have their grades
-withheld (``--withhold_labels=0.9``): about a tenth of the training photographs keep their
-grades, the rest form the unlabelled split. EfficientNet-Lite0 from its ImageNet weights:
+Everything is fixed by a protocol file written before any test figure was computed
+(``benchmarks/protocols/self_training.json`` unless ``--protocol`` names another): preset,
+sizes, the labelled budget, seeds, epochs, the pseudo-label selection, the noise, the table's
+rows and the primary endpoint (test quadratic weighted kappa of the student minus the matched
+control). The SHA-256 of the protocol's bytes is printed first and written into the results; a
+flag that contradicts the protocol is refused.
 
-- teacher: the demo recipe (configs/demo.py) on the labelled tenth, ``--teacher_epochs`` (the
-  learning rate halved every fifth of a run);
-- rounds 1 and 2 (self_train.py): pseudo-labels from the previous model (soft, confidence at
-  least 0.3 as in the paper, no per-class balancing), a Lite0 student with the paper's noise
-  (``selftrain.noise=paper``) on labelled and pseudo-labelled images half and half;
-- control: the teacher's recipe for as many steps as a student takes, labelled images only,
-  so a gain of the student is not merely more training.
+The labelled budget counts validation: ``labelled_fraction`` of the non-test patients carry
+grades, ``val_fraction`` of them form validation and the rest of the budget trains; the other
+training patients have their grades withheld (the ``unlabelled`` split). For each training seed,
+EfficientNet-Lite0 from its ImageNet weights with the demo recipe:
 
-Settings are chosen by validation only (benchmarks/README.md says which were changed after an
-earlier run's test figures had been printed). Reports test quadratic weighted kappa and
-referable-DR AUC of each model, the paired bootstrap 95 % interval of its difference to the
-teacher (test patients resampled, both eyes together), how often the pseudo-labels agree with
-the withheld grades, and the wall time of each stage on this machine. Prints a Markdown table;
-writes DIR/results.json.
+- teacher: the labelled training images, ``teacher_epochs``;
+- students (self_train.py): pseudo-labels from the previous model (soft, at the confidence
+  threshold, ``per_class`` images of each grade: balanced), labelled and pseudo-labelled images
+  in each batch, with the protocol's noise (dropout, stochastic depth, RandAugment);
+- control: the labelled images only, with the same noise and the same number of steps as a
+  student, so that a student's gain is neither more training nor more regularisation.
+
+Intervals are hierarchical bootstraps (seeds, then test patients, paired by seed index and
+patient); each seed's figure is listed; Holm over the table's kappa comparisons. Writes
+DIR/PRESET/results.json and prints the table.
 """
 
 from __future__ import annotations
@@ -33,56 +36,107 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks import paired
+from benchmarks import protocol as protocols
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_images", 3200, "synthetic_dr images (two eyes per patient).")
-flags.DEFINE_integer("image_size", 128, "Shard and model input size.")
-flags.DEFINE_float("withhold", 0.9, "Training patients whose grades are withheld.")
-flags.DEFINE_integer("teacher_epochs", 20, "Epochs over the labelled images (teacher).")
-flags.DEFINE_integer("student_epochs", 20, "Student epochs (each reads the labelled ones once).")
-flags.DEFINE_float("threshold", 0.3, "Pseudo-label confidence threshold (Noisy Student's).")
-flags.DEFINE_integer("rounds", 2, "Self-training rounds.")
-flags.DEFINE_integer("bootstrap", 1000, "Paired bootstrap rounds.")
-flags.DEFINE_string("out", "/tmp/effdr_self_training", "Work folder.")
-
-PSEUDO_FRACTION = 0.5  # config default: half of each student batch is pseudo-labelled
-DECAYS = 5  # the learning rate halves every fifth of a run (the demo recipe's step schedule)
 
 
-def _source():
-    from effdr_tf.data.sources.synthetic_dr import SyntheticDR
-
-    return SyntheticDR(num_images=FLAGS.num_images, seed=0, image_size=FLAGS.image_size,
-                       preset="hard")  # fmt: skip
-
-
-def _build(folder: str) -> None:
-    from effdr_tf.data import builder
-
-    options = builder.BuildOptions(
-        image_size=FLAGS.image_size, seed=0, val_fraction=0.2, withhold_labels=FLAGS.withhold
-    )
-    builder.build(_source(), folder, options, workers=os.cpu_count() or 1, progress=False)
+def define_flags() -> None:
+    """The command line; defined when run, so that both benchmarks can be imported together."""
+    flags.DEFINE_string("protocol", None, "Protocol file (default: protocols/self_training.json).")
+    flags.DEFINE_string("preset", None, "One of the protocol's presets (default: its first).")
+    flags.DEFINE_string("out", "/tmp/effdr_self_training", "Work folder.")
+    # Settings the protocol fixes: accepted only when they agree with it.
+    flags.DEFINE_integer("num_images", None, "Must equal the protocol's data.num_images.")
+    flags.DEFINE_integer("image_size", None, "Must equal the protocol's data.image_size.")
+    flags.DEFINE_integer("teacher_epochs", None, "Must equal the protocol's teacher_epochs.")
+    flags.DEFINE_integer("student_epochs", None, "Must equal the protocol's student_epochs.")
+    flags.DEFINE_float("threshold", None, "Must equal the protocol's threshold.")
+    flags.DEFINE_integer("bootstrap", None, "Must equal the protocol's statistics.rounds.")
 
 
-def _recipe(data_dir: str, weights: str, epochs: int):
-    from configs import demo
+BENCHMARK = "self_training"
 
-    config = demo.get_config()
-    config.data.data_dir = data_dir
-    config.model.weights = weights
-    config.train.epochs = epochs
-    config.train.decay_epochs = epochs / DECAYS
-    # Every run here is a few hundred steps: at 0.9 the moving statistics catch up within an epoch
-    # (README, Training); one fixed value so that no model gets a different one.
-    config.model.bn_momentum = 0.9
+
+def overrides(values: dict) -> dict:
+    """The protocol-fixing flags among ``values`` (flag name -> value, None when not given),
+    as ``protocol.check_overrides`` reads them."""
+    return {
+        "num_images": (("data", "num_images"), values.get("num_images")),
+        "image_size": (("data", "image_size"), values.get("image_size")),
+        "teacher_epochs": (("training", "teacher_epochs"), values.get("teacher_epochs")),
+        "student_epochs": (("training", "student_epochs"), values.get("student_epochs")),
+        "threshold": (("training", "threshold"), values.get("threshold")),
+        "bootstrap": (("statistics", "rounds"), values.get("bootstrap")),
+    }
+
+
+def withhold_fraction(labelled_fraction: float, val_fraction: float, path: str = "") -> float:
+    """The builder's ``withhold_labels`` that leaves ``labelled_fraction`` of the non-test
+    patients graded, validation (``val_fraction`` of them, carved first) included."""
+    from effdr_tf.errors import EffdrError
+
+    if not 0 < val_fraction < labelled_fraction <= 1:
+        raise EffdrError(
+            f"{path}: need 0 < val_fraction ({val_fraction}) < labelled_fraction "
+            f"({labelled_fraction}) <= 1: validation is part of the labelled budget"
+        )
+    return 1.0 - (labelled_fraction - val_fraction) / (1.0 - val_fraction)
+
+
+def arm_names(protocol: dict) -> list[str]:
+    return ["teacher", "control"] + [
+        f"student{r}" for r in range(1, protocol["training"]["rounds"] + 1)
+    ]
+
+
+def check(protocol: dict, path: str) -> None:
+    """Refuses rows that read arms the protocol does not train."""
+    from effdr_tf.errors import EffdrError
+
+    names = set()
+    for row in protocol["rows"]:
+        if row.get("arm", row["name"]) not in arm_names(protocol):
+            raise EffdrError(f"{path}: row {row['name']!r} reads an arm that is not trained")
+        if row.get("versus") and row["versus"] not in names:
+            raise EffdrError(f"{path}: row {row['name']!r} compares with a later or unknown row")
+        names.add(row["name"])
+    if not protocol["training"]["seeds"]:
+        raise EffdrError(f"{path}: training.seeds is empty")
+
+
+def with_noise(config, noise: dict):
+    """``config`` with the protocol's noise keys (``group.key``: value) set."""
+    for key, value in noise.items():
+        group, name = key.split(".")
+        config[group][name] = value
     return config
 
 
-def _timed(name: str, fn) -> float:
-    """Runs ``fn`` unless a finished run left its time in DIR/seconds/NAME.json."""
-    path = os.path.join(FLAGS.out, "seconds", f"{name}.json")
+def _recipe(protocol: dict, data_dir: str, weights: str, epochs: int, seed: int):
+    from configs import demo
+
+    config = demo.get_config(protocol["model"]["variant"])
+    config.seed = seed
+    config.data.data_dir = data_dir
+    config.model.weights = weights
+    config.train.epochs = epochs
+    config.train.decay_epochs = epochs / protocol["training"]["decays_per_run"]
+    # Every run here is a few hundred steps: at 0.9 the moving statistics catch up within an
+    # epoch (README, Training); one fixed value so that no model gets a different one.
+    config.model.bn_momentum = protocol["model"]["bn_momentum"]
+    return config
+
+
+def control_epochs(protocol: dict) -> int:
+    """A student's steps in epochs of the labelled images: each student epoch reads the
+    labelled images once, as ``1 - pseudo_fraction`` of its batches."""
+    t = protocol["training"]
+    return int(round(t["student_epochs"] / (1 - t["pseudo_fraction"])))
+
+
+def _timed(path: str, fn) -> float:
+    """Runs ``fn`` unless a finished run left its time in ``path``."""
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
@@ -112,128 +166,185 @@ def _labels_by_id(folder: str, split: str) -> dict[str, int]:
     return out
 
 
-def _pseudo_label_agreement(pseudo_dir: str, withheld: dict) -> dict:
-    """How often a round's pseudo-labels (each image once) agree with the withheld grades."""
-    graded = _labels_by_id(pseudo_dir, "train")
-    truth = np.array([withheld[i] for i in graded])
-    guess = np.array(list(graded.values()))
+def pseudo_label_agreement(graded: dict, withheld: dict) -> dict:
+    """How often pseudo-labels (image id -> grade) agree with the withheld grades."""
+    from benchmarks import paired
+
+    ids = [i for i in graded if i in withheld]
+    truth = np.array([withheld[i] for i in ids])
+    guess = np.array([graded[i] for i in ids])
     return {
         "images": len(graded),
         "of_unlabelled": len(withheld),
-        "agreement": float(np.mean(truth == guess)),
-        "kappa": paired.kappa(truth, guess),
+        "agreement": float(np.mean(truth == guess)) if ids else float("nan"),
+        "kappa": paired.kappa(truth, guess) if ids else float("nan"),
     }
+
+
+def assemble(protocol: dict, scored: dict) -> dict:
+    """The table from scored test splits, without any training.
+
+    Args:
+        protocol: the loaded protocol.
+        scored: (arm, seed) -> the test split scored (``probabilities``, ``labels``,
+            ``patient_ids``, ``ids``), in the same order for every model.
+    """
+    seeds = protocol["training"]["seeds"]
+    first = next(iter(scored.values()))
+    for s in scored.values():
+        if not np.array_equal(s["ids"], first["ids"]):
+            raise ValueError("models scored the test images in different orders")
+    arms = {
+        a: [(scored[a, s]["probabilities"].argmax(1), scored[a, s]["probabilities"]) for s in seeds]
+        for a in arm_names(protocol)
+    }
+    st = protocol["statistics"]
+    rows = protocols.table(
+        first["labels"], first["patient_ids"], arms, protocol["rows"],
+        rounds=st["rounds"], seed=st["resample_seed"],
+    )  # fmt: skip
+    return {"rows": rows, "labels": first["labels"], "patients": first["patient_ids"]}
 
 
 def main(argv):
     del argv
-    from effdr_tf import demo
+    from benchmarks import synthetic_shards
+    from effdr_tf import demo, fileio
+    from effdr_tf.data.sources.synthetic_dr import SyntheticDR
     from effdr_tf.evaluation import scoring
     from effdr_tf.selftrain import rounds
     from effdr_tf.training import loop
 
-    os.makedirs(FLAGS.out, exist_ok=True)
-    data_dir = os.path.join(FLAGS.out, "data")
-    build_seconds = _timed("build", lambda: _build(data_dir))
+    path = FLAGS.protocol or protocols.default_path(BENCHMARK)
+    protocol, digest = protocols.load(path)
+    protocols.expect(protocol, path, BENCHMARK)
+    protocols.check_overrides(protocol, path, overrides(FLAGS.flag_values_dict()))
+    check(protocol, path)
+    preset = protocols.choose_preset(protocol, path, FLAGS.preset)
+    print(f"protocol {path} sha256 {digest}; preset {preset}", flush=True)
+    d, t = protocol["data"], protocol["training"]
+    withhold = withhold_fraction(d["labelled_fraction"], d["val_fraction"], path)
+
+    out = os.path.join(FLAGS.out, preset)
+    data_dir = os.path.join(out, "data")
+    seconds = {
+        "build": _timed(
+            os.path.join(out, "seconds", "build.json"),
+            lambda: synthetic_shards.build_preset(
+                data_dir,
+                preset,
+                d["image_size"],
+                d["num_images"],
+                val_fraction=d["val_fraction"],
+                withhold_labels=withhold,
+                preprocess=d["preprocess"],
+                seed=d["data_seed"],
+            ),  # fmt: skip
+        )
+    }
     with open(os.path.join(data_dir, "manifest.json")) as f:
         counts = {k: v["count"] for k, v in json.load(f)["splits"].items()}
     weights = demo.lite0_weights()
-    teacher_dir, work = os.path.join(FLAGS.out, "teacher"), os.path.join(FLAGS.out, "rounds")
-    control_dir = os.path.join(FLAGS.out, "control")
-
-    teacher = _recipe(data_dir, weights, FLAGS.teacher_epochs)
-    seconds = {"build": build_seconds}
-    seconds["teacher"] = _timed("teacher", lambda: loop.train(teacher, teacher_dir, progress=False))
-    student = _recipe(data_dir, weights, FLAGS.student_epochs)
-    student.selftrain.noise = "paper"
-    student.selftrain.pseudo_fraction = PSEUDO_FRACTION
-    for r in range(1, FLAGS.rounds + 1):  # one call per round, to time each (the loop resumes)
-        seconds[f"round{r}"] = _timed(
-            f"round{r}",
-            lambda r=r: rounds.self_train(
-                student, teacher_dir, work, rounds=r, threshold=FLAGS.threshold, progress=False
-            ),
-        )
-    # As many steps as a student: its epochs are 1 / (1 - fraction) times longer.
-    control = _recipe(data_dir, weights, int(round(FLAGS.student_epochs / (1 - PSEUDO_FRACTION))))
-    seconds["control"] = _timed("control", lambda: loop.train(control, control_dir, progress=False))
-
-    models = {"teacher (labelled tenth)": teacher_dir}
-    models.update({f"student, round {r}": os.path.join(work, f"round{r}", "student")
-                   for r in range(1, FLAGS.rounds + 1)})  # fmt: skip
-    models["control: labelled only, student's steps"] = control_dir
-    scored = {
-        n: scoring.score_split(scoring.load_run(d), data_dir, "test") for n, d in models.items()
-    }
-    first = next(iter(scored.values()))
-    y, patients = first["labels"], first["patient_ids"]
-    for s in scored.values():
-        assert np.array_equal(s["ids"], first["ids"])
-    decoded = {n: (s["probabilities"].argmax(1), s["probabilities"]) for n, s in scored.items()}
-    base = decoded["teacher (labelled tenth)"]
-
-    truth = {r.id: r.label for r in _source().scan()}
+    source = SyntheticDR(
+        num_images=d["num_images"], seed=d["data_seed"], image_size=d["image_size"], preset=preset
+    )
+    truth = {r.id: r.label for r in source.scan()}
     withheld = {i: truth[i] for i in _labels_by_id(data_dir, "unlabelled")}
-    agreement = {
-        r: _pseudo_label_agreement(os.path.join(work, f"round{r}", "pseudo"), withheld)
-        for r in range(1, FLAGS.rounds + 1)
-    }
-    rows = []
-    for name, (grades, p) in decoded.items():
-        rows.append(
-            {
-                "model": name,
-                "validation_kappa": rounds.validation_figures(models[name], data_dir)["kappa"],
-                "kappa": paired.kappa(y, grades),
-                "referable_auc": paired.referable_auc(y, p),
-                "difference_95": paired.interval(y, patients, base, (grades, p), FLAGS.bootstrap),
-            }
-        )
-    summary = {
-        "setting": {
-            "num_images": FLAGS.num_images,
-            "image_size": FLAGS.image_size,
-            "preset": "hard",
-            "withhold_labels": FLAGS.withhold,
-            "splits": counts,
-            "teacher_epochs": FLAGS.teacher_epochs,
-            "student_epochs": FLAGS.student_epochs,
-            "threshold": FLAGS.threshold,
-            "test_patients": int(len(np.unique(patients))),
-        },
-        "seconds": seconds,
-        "pseudo_labels": agreement,
-        "rows": rows,
-    }
-    with open(os.path.join(FLAGS.out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
 
-    print(
-        f"synthetic_dr hard, {FLAGS.num_images} images at {FLAGS.image_size} px: train "
-        f"{counts['train']} graded + {counts['unlabelled']} ungraded, validation "
-        f"{counts['validation']}, test {counts['test']} ({summary['setting']['test_patients']} "
-        f"patients); Lite0 from ImageNet, demo recipe\n"
-    )
-    print(
-        "| model | validation QWK | test QWK | Δ QWK (95 % CI) | referable AUC | Δ AUC (95 % CI) |"
-    )
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        ck, ca = r["difference_95"]["kappa"], r["difference_95"]["auc"]
-        print(
-            f"| {r['model']} | {r['validation_kappa']:.3f} | {r['kappa']:.3f} | "
-            f"{r['kappa'] - rows[0]['kappa']:+.3f} "
-            f"({ck[0]:+.3f}, {ck[1]:+.3f}) | {r['referable_auc']:.3f} | "
-            f"{r['referable_auc'] - rows[0]['referable_auc']:+.3f} ({ca[0]:+.3f}, {ca[1]:+.3f}) |"
+    models, agreement = {}, {}
+    for seed in t["seeds"]:
+        folder = os.path.join(out, f"seed{seed}")
+        timing = os.path.join(folder, "seconds")
+        teacher_dir = os.path.join(folder, "teacher")
+        teacher = _recipe(protocol, data_dir, weights, t["teacher_epochs"], seed)
+        seconds[f"teacher_seed{seed}"] = _timed(
+            os.path.join(timing, "teacher.json"),
+            lambda c=teacher, m=teacher_dir: loop.train(c, m, progress=False),
         )
+        student = with_noise(
+            _recipe(protocol, data_dir, weights, t["student_epochs"], seed), t["noise"]
+        )
+        student.selftrain.noise = "recipe"  # the protocol's noise, set above, and no other
+        student.selftrain.pseudo_fraction = t["pseudo_fraction"]
+        work = os.path.join(folder, "rounds")
+        for r in range(1, t["rounds"] + 1):  # one call per round, to time each (it resumes)
+            seconds[f"round{r}_seed{seed}"] = _timed(
+                os.path.join(timing, f"round{r}.json"),
+                lambda r=r, c=student, m=teacher_dir, w=work: rounds.self_train(
+                    c,
+                    m,
+                    w,
+                    rounds=r,
+                    threshold=t["threshold"],
+                    per_class=t["per_class"],
+                    soft=t["soft"],
+                    progress=False,
+                ),  # fmt: skip
+            )
+            agreement[f"round{r}_seed{seed}"] = pseudo_label_agreement(
+                _labels_by_id(os.path.join(work, f"round{r}", "pseudo"), "train"), withheld
+            )
+        control_dir = os.path.join(folder, "control")
+        control = with_noise(
+            _recipe(protocol, data_dir, weights, control_epochs(protocol), seed), t["noise"]
+        )
+        seconds[f"control_seed{seed}"] = _timed(
+            os.path.join(timing, "control.json"),
+            lambda c=control, m=control_dir: loop.train(c, m, progress=False),
+        )
+        models["teacher", seed] = teacher_dir
+        models["control", seed] = control_dir
+        for r in range(1, t["rounds"] + 1):
+            models[f"student{r}", seed] = os.path.join(work, f"round{r}", "student")
+
+    scored = {
+        k: scoring.score_split(scoring.load_run(v), data_dir, "test") for k, v in models.items()
+    }
+    validation = {
+        f"{a}_seed{s}": rounds.validation_figures(v, data_dir)["kappa"]
+        for (a, s), v in models.items()
+    }
+    table = assemble(protocol, scored)
+    labelled = counts["train"] + counts["validation"]
+    summary = {
+        "protocol": {"path": os.path.abspath(path), "sha256": digest},
+        "preset": preset,
+        "setting": {
+            **d,
+            "withhold_labels": withhold,
+            "splits": counts,
+            "labelled_share_of_non_test": labelled / (labelled + counts.get("unlabelled", 0)),
+            "control_epochs": control_epochs(protocol),
+            "test_patients": int(len(np.unique(table["patients"]))),
+        },
+        "validation_kappa": validation,
+        "pseudo_labels": agreement,
+        "seconds": seconds,
+        "rows": table["rows"],
+    }
+    fileio.write_atomic(os.path.join(out, "results.json"), json.dumps(summary, indent=2))
+    s = summary["setting"]
+    print(
+        f"\nprotocol sha256 {digest}\nsynthetic_dr {preset}, {d['num_images']} images at "
+        f"{d['image_size']} px: graded {counts['train']} train + {counts['validation']} "
+        f"validation ({100 * s['labelled_share_of_non_test']:.1f} % of the non-test images), "
+        f"{counts.get('unlabelled', 0)} ungraded, test {counts['test']} ({s['test_patients']} "
+        f"patients); seeds {t['seeds']}; * : significant at 0.05 after Holm\n"
+    )
+    print(protocols.markdown(table["rows"]))
     print()
-    for r, a in agreement.items():
+    for k, v in validation.items():
+        print(f"validation kappa {k}: {v:.3f}")
+    for k, a in agreement.items():
         print(
-            f"round {r}: {a['images']} of {a['of_unlabelled']} ungraded images pseudo-labelled, "
+            f"{k}: {a['images']} pseudo-labelled images from {a['of_unlabelled']} ungraded, "
             f"{100 * a['agreement']:.1f} % agree with the withheld grades (kappa {a['kappa']:.3f})"
         )
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from effdr_tf import cli
+
+    define_flags()
+    app.run(cli.entry_point(main), flags_parser=cli.parse_flags_or_exit)

@@ -26,3 +26,32 @@ def build_hard(folder: str, size: int, num_images: int, val_fraction: float) -> 
         image_size=size, preprocess="crop", seed=0, val_fraction=val_fraction
     )
     builder.build(source, folder, options, workers=os.cpu_count() or 1, progress=False)
+
+
+def build_preset(
+    folder: str,
+    preset: str,
+    size: int,
+    num_images: int,
+    *,
+    val_fraction: float,
+    withhold_labels: float = 0.0,
+    preprocess: str = "crop",
+    seed: int = 0,
+) -> None:
+    """Any synthetic_dr preset, as a benchmark protocol names it; a folder that already holds
+    a build is kept."""
+    from effdr_tf.data import builder
+    from effdr_tf.data.sources.synthetic_dr import SyntheticDR
+
+    if os.path.exists(os.path.join(folder, "manifest.json")):
+        return
+    source = SyntheticDR(num_images=num_images, seed=seed, image_size=size, preset=preset)
+    options = builder.BuildOptions(
+        image_size=size,
+        preprocess=preprocess,
+        seed=seed,
+        val_fraction=val_fraction,
+        withhold_labels=withhold_labels,
+    )
+    builder.build(source, folder, options, workers=os.cpu_count() or 1, progress=False)

@@ -14,6 +14,11 @@ other folds' out-of-fold output); every other split is scored by the stage fitte
 validation. Photographs without a fellow eye keep their single-image probabilities unchanged.
 The fitted stage travels in grading.json (``Stage.to_json``) so that an external test set can
 be scored by it (``eval.py --calibration``).
+
+``fit(..., own_only=True)`` gives the control stage of the same form: the same regression on the
+same images (those with a fellow eye) but on the image's own log probabilities only, so it
+recalibrates without seeing the fellow eye; the difference between the two stages is what the
+fellow eye adds.
 """
 
 from __future__ import annotations
@@ -52,7 +57,9 @@ def fellow_probabilities(probabilities, patient_ids, eyes) -> tuple[np.ndarray, 
     return fellow, has
 
 
-def _features(own, fellow) -> np.ndarray:
+def _features(own, fellow, own_only: bool = False) -> np.ndarray:
+    if own_only:
+        return np.log(own + _EPS)
     return np.concatenate([np.log(own + _EPS), np.log(fellow + _EPS)], axis=1)
 
 
@@ -83,6 +90,7 @@ class Stage:
     num_classes: int
     model: object | None
     fitted_on: int  # validation images with a fellow eye
+    own_only: bool = False  # the control stage: the image's own probabilities only
 
     def apply(self, probabilities, patient_ids, eyes) -> np.ndarray:
         """Second-stage probabilities; images without a fellow eye keep theirs."""
@@ -92,7 +100,9 @@ class Stage:
             return out
         fellow, has = fellow_probabilities(probabilities, patient_ids, eyes)
         if has.any():
-            scored = self.model.predict_proba(_features(probabilities[has], fellow[has]))
+            scored = self.model.predict_proba(
+                _features(probabilities[has], fellow[has], self.own_only)
+            )
             full = np.zeros((int(has.sum()), self.num_classes))
             full[:, self.model.classes_] = scored  # grades absent from validation get 0
             out[has] = full
@@ -100,11 +110,18 @@ class Stage:
 
     def to_json(self) -> dict:
         """What ``from_json`` needs to re-create the stage: its coefficients."""
+        extra = {"own_only": True} if self.own_only else {}
         if self.model is None:
-            return {"num_classes": self.num_classes, "fitted_on": self.fitted_on, "model": None}
+            return {
+                "num_classes": self.num_classes,
+                "fitted_on": self.fitted_on,
+                "model": None,
+                **extra,
+            }
         return {
             "num_classes": self.num_classes,
             "fitted_on": self.fitted_on,
+            **extra,
             "model": {
                 "coef": np.asarray(self.model.coef_).tolist(),
                 "intercept": np.asarray(self.model.intercept_).tolist(),
@@ -117,11 +134,17 @@ class Stage:
         model = value.get("model")
         if model is not None:
             model = _Linear(model["coef"], model["intercept"], model["classes"])
-        return cls(int(value["num_classes"]), model, int(value["fitted_on"]))
+        return cls(
+            int(value["num_classes"]),
+            model,
+            int(value["fitted_on"]),
+            bool(value.get("own_only", False)),
+        )
 
 
-def fit(probabilities, labels, patient_ids, eyes) -> Stage:
-    """The stage fitted on (validation) images that have a fellow eye."""
+def fit(probabilities, labels, patient_ids, eyes, *, own_only: bool = False) -> Stage:
+    """The stage fitted on (validation) images that have a fellow eye; ``own_only``: on their
+    own probabilities only (the control stage)."""
     from sklearn.linear_model import LogisticRegression
 
     probabilities = np.asarray(probabilities, np.float64)
@@ -129,15 +152,17 @@ def fit(probabilities, labels, patient_ids, eyes) -> Stage:
     k = probabilities.shape[1]
     fellow, has = fellow_probabilities(probabilities, patient_ids, eyes)
     if has.sum() < 2 or len(np.unique(labels[has])) < 2:
-        return Stage(k, None, int(has.sum()))
+        return Stage(k, None, int(has.sum()), own_only)
     model = LogisticRegression(C=REGULARIZATION_C, max_iter=10000)
-    model.fit(_features(probabilities[has], fellow[has]), labels[has])
-    return Stage(k, model, int(has.sum()))
+    model.fit(_features(probabilities[has], fellow[has], own_only), labels[has])
+    return Stage(k, model, int(has.sum()), own_only)
 
 
-def out_of_fold(probabilities, labels, patient_ids, eyes, *, folds=FOLDS, seed=0) -> np.ndarray:
+def out_of_fold(
+    probabilities, labels, patient_ids, eyes, *, folds=FOLDS, seed=0, own_only: bool = False
+) -> np.ndarray:
     """Second-stage probabilities for every image of one split, each scored by a stage fitted
-    on the other folds of patients (never on its own patient)."""
+    on the other folds of patients (never on its own patient); ``own_only`` as in ``fit``."""
     patients = np.asarray(patient_ids).astype(str)
     fold = clinical.folds(patients, len(patients), count=folds, seed=seed)
     probabilities = np.asarray(probabilities, np.float64)
@@ -147,7 +172,13 @@ def out_of_fold(probabilities, labels, patient_ids, eyes, *, folds=FOLDS, seed=0
     for f in range(folds):
         held = fold == f
         if held.any():
-            stage = fit(probabilities[~held], labels[~held], patients[~held], eyes[~held])
+            stage = fit(
+                probabilities[~held],
+                labels[~held],
+                patients[~held],
+                eyes[~held],
+                own_only=own_only,
+            )
             out[held] = stage.apply(probabilities[held], patients[held], eyes[held])
     return out
 
