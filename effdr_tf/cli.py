@@ -44,7 +44,31 @@ def parse_flags_or_exit(argv):
 
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+    except (KeyError, AttributeError) as e:
+        # ml_collections reports an unknown key as an AttributeError wrapping a KeyError whose
+        # text is "'key'\nDid you mean ...?"; str() of either prints a quoted Python literal.
+        inner = e.args[0] if e.args and isinstance(e.args[0], KeyError) else e
+        if isinstance(inner, KeyError):
+            print(f"error: {_unknown_key(inner, argv)}", file=sys.stderr)
+            sys.exit(2)
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except (flags.Error, ValueError, TypeError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _unknown_key(error: KeyError, argv) -> str:
+    """One line for an override naming a setting the config does not have."""
+    text = str(error.args[0]) if error.args else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    key = lines[0].strip("'\"") if lines else "?"
+    hint = " ".join(lines[1:])
+    flag = next(
+        (a.split("=", 1)[0] for a in argv[1:] if a.startswith("--") and key in a.split("=", 1)[0]),
+        None,
+    )
+    where = f"{flag}: " if flag else ""
+    return f"{where}no setting named {key!r}" + (f"; {hint[0].lower()}{hint[1:]}" if hint else "")

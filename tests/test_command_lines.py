@@ -34,6 +34,11 @@ def one_error_line(result, message):
         ("--config.train.label_smoothing=1.5", "train.label_smoothing=1.5: must be in [0, 1)"),
         ("--config.augment.magnitude=40", "augment.magnitude=40.0: must be in [0, augment"),
         ("--config.train.epochs=ten", "ten"),
+        (
+            "--config.train.learnig_rate=1",
+            "error: --config.train.learnig_rate: no setting named 'learnig_rate'; did you mean "
+            '"learning_rate"',
+        ),
         ("--strategy=gpu", "value should be one of <default|mirrored|multi_worker|tpu>"),
     ],
 )

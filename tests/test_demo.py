@@ -26,6 +26,9 @@ def test_demo_end_to_end_writes_every_promised_output(tmp_path, capsys):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     stdout = result.stdout
+    # Redirected to a file, the output is plain lines: no progress bars redrawn in place.
+    for stream in (result.stdout, result.stderr):
+        assert "\r" not in stream and "\x1b[" not in stream and "━" not in stream
     summary = json.loads((out / "summary.json").read_text())
 
     manifest = json.loads((out / "tfrecords" / "manifest.json").read_text())

@@ -385,3 +385,11 @@ def test_multi_worker_without_a_usable_tf_config_is_a_clear_error(monkeypatch, t
         monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(EffdrError, match=message):
         distribute.make_strategy("multi_worker")
+
+
+def test_log_lines_print_small_figures_with_their_digits():
+    # A fine-tuning learning rate of 5e-05 printed as 0.0000 reads as "not training".
+    from effdr_tf.training.loop import figure
+
+    assert figure(5e-05) == "5e-05" and figure(0.0003) == "0.0003"
+    assert figure(0.8123456) == "0.8123" and figure(0.0) == "0.0000" and figure(12.5) == "12.5000"

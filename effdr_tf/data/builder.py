@@ -31,6 +31,7 @@ import math
 import multiprocessing
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -591,6 +592,9 @@ def build(
     """
     import tensorflow as tf
 
+    # A progress bar redraws itself with carriage returns: in a log file (stderr redirected)
+    # it is noise, and the summary printed at the end says the same.
+    progress = progress and sys.stderr.isatty()
     options.check()
     source.check()
     manifest_path = os.path.join(output_dir, MANIFEST)

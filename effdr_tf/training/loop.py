@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 
 import keras
@@ -599,7 +600,9 @@ class Trainer:
             self.monitor.flush()
             history = row
             summary = " ".join(
-                f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float) and "recall" not in k
+                f"{k}={figure(v)}"
+                for k, v in row.items()
+                if isinstance(v, float) and "recall" not in k
             )
             print(f"epoch {epoch + 1}: {summary}", flush=True)
         # Every worker takes part (a collective); then the chief writes.
@@ -642,6 +645,14 @@ class Trainer:
         return {f"val_{k}": v for k, v in values.items()}
 
 
+def figure(value: float) -> str:
+    """A figure for a log line: four decimals, or four significant digits where four decimals
+    would print a small value (a learning rate of 5e-05) as 0.0000."""
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.4g}"
+    return f"{value:.4f}"
+
+
 class LossScaleCollapsedError(EffdrError):
     """float16 updates were skipped for non-finite gradients too often in a row."""
 
@@ -659,7 +670,9 @@ class _EpochTally:
         self.start_step = step
         self.bar = keras.utils.Progbar(
             s.steps_per_epoch,
-            verbose=1 if trainer.progress else 0,
+            # Redrawn with control codes: only on a terminal. In a redirected log each epoch's
+            # one-line summary stands instead.
+            verbose=1 if trainer.progress and sys.stdout.isatty() else 0,
             stateful_metrics=["loss", "accuracy", "kappa", "lr"],
         )
         self.confusion = np.zeros((s.num_classes, s.num_classes), np.int64)
