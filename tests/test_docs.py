@@ -43,3 +43,14 @@ def test_readme_states_the_demo_test_split_it_builds():
     source = SyntheticDR(num_images=images, seed=demo_config.get_config().seed, image_size=64)
     test = [r for r in source.scan() if r.split == "test"]
     assert (int(stated[1]), int(stated[2])) == (len(test), len({r.patient_id for r in test}))
+
+
+def test_benchmarks_readme_states_each_protocols_hash():
+    import hashlib
+
+    readme = _text(os.path.join(ROOT, "benchmarks", "README.md"))
+    folder = os.path.join(ROOT, "benchmarks", "protocols")
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        assert f"`benchmarks/protocols/{name}` | `{digest}`" in readme, name
