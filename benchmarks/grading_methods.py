@@ -44,14 +44,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command line; defined when run, so that both benchmarks can be imported together."""
-    flags.DEFINE_string(
-        "protocol", None, "Protocol file (default: protocols/grading_methods.json)."
-    )
-    flags.DEFINE_string("preset", None, "One of the protocol's presets (default: its first).")
-    flags.DEFINE_string("out", "/tmp/effdr_grading_methods", "Work folder.")
-    # Settings the protocol fixes: accepted only when they agree with it.
-    flags.DEFINE_integer("num_images", None, "Must equal the protocol's data.num_images.")
-    flags.DEFINE_integer("image_size", None, "Must equal the protocol's data.image_size.")
+    protocols.define_common_flags("grading_methods", "/tmp/effdr_grading_methods")
+    # Further settings the protocol fixes: accepted only when they agree with it.
     flags.DEFINE_integer("rounds", None, "Must equal the protocol's statistics.rounds.")
     flags.DEFINE_integer("max_epochs", None, "Must equal the protocol's early_stopping.max_epochs.")
 

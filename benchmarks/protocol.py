@@ -31,6 +31,18 @@ from effdr_tf.errors import EffdrError
 FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocols")
 
 
+def define_common_flags(benchmark: str, out: str) -> None:
+    """The flags every protocol benchmark takes: the protocol, the preset, the work folder, and
+    the data sizes the protocol fixes (accepted only when they agree with it)."""
+    from absl import flags
+
+    flags.DEFINE_string("protocol", None, f"Protocol file (default: protocols/{benchmark}.json).")
+    flags.DEFINE_string("preset", None, "One of the protocol's presets (default: its first).")
+    flags.DEFINE_string("out", out, "Work folder.")
+    flags.DEFINE_integer("num_images", None, "Must equal the protocol's data.num_images.")
+    flags.DEFINE_integer("image_size", None, "Must equal the protocol's data.image_size.")
+
+
 def default_path(benchmark: str) -> str:
     return os.path.join(FOLDER, f"{benchmark}.json")
 

@@ -43,12 +43,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command line; defined when run, so that both benchmarks can be imported together."""
-    flags.DEFINE_string("protocol", None, "Protocol file (default: protocols/self_training.json).")
-    flags.DEFINE_string("preset", None, "One of the protocol's presets (default: its first).")
-    flags.DEFINE_string("out", "/tmp/effdr_self_training", "Work folder.")
-    # Settings the protocol fixes: accepted only when they agree with it.
-    flags.DEFINE_integer("num_images", None, "Must equal the protocol's data.num_images.")
-    flags.DEFINE_integer("image_size", None, "Must equal the protocol's data.image_size.")
+    protocols.define_common_flags("self_training", "/tmp/effdr_self_training")
+    # Further settings the protocol fixes: accepted only when they agree with it.
     flags.DEFINE_integer("teacher_epochs", None, "Must equal the protocol's teacher_epochs.")
     flags.DEFINE_integer("student_epochs", None, "Must equal the protocol's student_epochs.")
     flags.DEFINE_float("threshold", None, "Must equal the protocol's threshold.")

@@ -405,18 +405,30 @@ def _patient_level(scored: dict, fitted: Fitted, in_sample: bool, num_classes, r
     if "referable" in referable:
         result["referable"] = referable["referable"]
     if fitted.patient_cuts is not None:
-        scores = grade_thresholds.expected_grade(grade_probs)
-        decided = (
-            clinical.out_of_fold_grades(scores, grade_labels, fold, num_classes)
-            if in_sample
-            else grade_thresholds.apply(scores, fitted.patient_cuts)
+        figures = _graded_at_cuts(
+            grade_probs, grade_labels, fitted.patient_cuts, fold, in_sample, num_classes, rounds
         )
-        if decided is not None:
-            result["fitted_grades"] = clinical.fitted_grade_figures(
-                grade_labels, decided, num_classes, rounds=rounds
-            )
-            result["fitted_grades"]["out_of_fold"] = in_sample
+        if figures is not None:
+            result["fitted_grades"] = figures
     return result
+
+
+def _graded_at_cuts(probs, labels, cuts, fold, in_sample, num_classes, rounds, patient_ids=None):
+    """Figures of the expected grade read at ``cuts``; on the split they were fitted on, read
+    out-of-fold (each fold at cut points fitted on the others). None when no fold can be fitted."""
+    scores = grade_thresholds.expected_grade(probs)
+    grades = (
+        clinical.out_of_fold_grades(scores, labels, fold, num_classes)
+        if in_sample
+        else grade_thresholds.apply(scores, cuts)
+    )
+    if grades is None:
+        return None
+    figures = clinical.fitted_grade_figures(
+        labels, grades, num_classes, patient_ids=patient_ids, rounds=rounds
+    )
+    figures["out_of_fold"] = in_sample
+    return figures
 
 
 def _split_result(scored: dict, fitted: Fitted, split: str, num_classes: int, rounds) -> dict:
@@ -436,17 +448,11 @@ def _split_result(scored: dict, fitted: Fitted, split: str, num_classes: int, ro
         bootstrap_rounds=rounds,
     )  # fmt: skip
     if fitted.cuts is not None:
-        scores = grade_thresholds.expected_grade(probs)
-        grades = (
-            clinical.out_of_fold_grades(scores, labels, fold, num_classes)
-            if in_sample
-            else grade_thresholds.apply(scores, fitted.cuts)
+        figures = _graded_at_cuts(
+            probs, labels, fitted.cuts, fold, in_sample, num_classes, rounds, patients
         )
-        if grades is not None:
-            result["fitted_grades"] = clinical.fitted_grade_figures(
-                labels, grades, num_classes, patient_ids=patients, rounds=rounds
-            )
-            result["fitted_grades"]["out_of_fold"] = in_sample
+        if figures is not None:
+            result["fitted_grades"] = figures
     if fitted.stage is not None and fitted.stage.model is not None:
         eyes = scored["eyes"]
         if in_sample:
