@@ -1,4 +1,4 @@
-"""Noisy Student self-training on unlabelled photographs (see README, Self-training).
+"""Noisy Student self-training on unlabelled photographs (see docs/self_training.md).
 
     python self_train.py --config=configs/demo.py --data_dir=TFREC --teacher=RUN \\
         --work_dir=WORK --rounds=2 [--unlabelled_dir=TFREC2] [--per_class=N] [--threshold=P]

@@ -1,4 +1,4 @@
-"""Trains an EfficientNet DR grader (see README, Training).
+"""Trains an EfficientNet DR grader (see docs/training.md).
 
     python train.py --config=configs/kaggle_dr.py:b5,tpu --strategy=tpu \\
         --data_dir=gs://BUCKET/tfrec --model_dir=gs://BUCKET/runs/b5

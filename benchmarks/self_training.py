@@ -119,7 +119,7 @@ def _recipe(protocol: dict, data_dir: str, weights: str, epochs: int, seed: int)
     config.train.epochs = epochs
     config.train.decay_epochs = epochs / protocol["training"]["decays_per_run"]
     # Every run here is a few hundred steps: at 0.9 the moving statistics catch up within an
-    # epoch (README, Training); one fixed value so that no model gets a different one.
+    # epoch (docs/training.md); one fixed value so that no model gets a different one.
     config.model.bn_momentum = protocol["model"]["bn_momentum"]
     return config
 

@@ -26,7 +26,7 @@ NORMALIZATION_PRESETS = {
 # "none": the input is already normalised; no normalisation is applied.
 NO_NORMALIZATION = "none"
 
-# TFRecord example keys (see DESIGN.md, "Contracts").
+# TFRecord example keys: the shard format of docs/datasets.md.
 FEATURE_IMAGE = "image/encoded"
 FEATURE_FORMAT = "image/format"
 FEATURE_HEIGHT = "image/height"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-# Split names (DESIGN.md): Kaggle 2015 adds public_test and private_test; ``unlabelled`` holds
+# Split names: Kaggle 2015 adds public_test and private_test; ``unlabelled`` holds
 # photographs without a grade (label -1), for self-training, and only those.
 UNLABELLED = "unlabelled"
 SPLITS = ("train", "validation", "test", "public_test", "private_test", UNLABELLED)

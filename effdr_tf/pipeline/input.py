@@ -1,4 +1,4 @@
-"""tf.data input pipelines over the builder's shards (DESIGN.md contract), local or gs://.
+"""tf.data input pipelines over the builder's shards (format: effdr_tf/data/schema.py), local or gs://.
 
 Training: per-class record streams (class-pure shards, see ``balance``) mixed to the target
 shares -> shuffle -> per-example stateless seed -> decode the crop window only -> one resampling

@@ -160,7 +160,7 @@ _ACROSS_MACHINES = (
     "tensorflow/tensorflow#58787); leave it unset"
 )
 
-# The per-device defaults (README, "Per-device defaults"). XLA: on GPUs; off on CPU, where it
+# The per-device defaults (docs/training.md, their table). XLA: on GPUs; off on CPU, where it
 # runs EfficientNet about 6x slower than plain TensorFlow (benchmarks/); off across machines
 # (above; Keras' own "auto" goes further and is off under any tf.distribute strategy, though it
 # passes an explicit True through: Keras 3.15 keras/src/trainers/trainer.py,

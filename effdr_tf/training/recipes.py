@@ -68,7 +68,7 @@ def bn_momentum(setting: float, steps_per_epoch: int) -> float:
     an epoch) they never catch up with a network trained from scratch: validation, which uses
     them, stays at chance while training accuracy climbs, and a plateau schedule halves the
     rate for nothing (digits in the CIFAR layout, B0: validation 9 % after 8 epochs at 0.99,
-    60 % after 2 and 91 % after 7 at 0.9; README, Training). Auto keeps
+    60 % after 2 and 91 % after 7 at 0.9; docs/training.md). Auto keeps
     ``BN_TIME_CONSTANTS_PER_EPOCH`` time constants in an epoch: 1 - 4 / steps, at most 0.99
     (any dataset over 400 steps an epoch, CIFAR's 1,400 and Kaggle's 3,900 included), at
     least 0.5.
