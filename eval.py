@@ -1,14 +1,19 @@
-"""Evaluates a trained run: metrics.json, figures and report.html (see README, Evaluation).
+"""Evaluates a trained run: metrics.json, figures and report.html (see docs/evaluation.md).
 
 python eval.py --model_dir=RUN --split=validation,public_test,private_test
 python eval.py --model_dir=RUN --data_dir=APTOS_TFREC --split=validation --tta=flip
 python eval.py --model_dir=RUN_A,RUN_B --split=validation,test --tta=dihedral --fellow_eye
 python eval.py --model_dir=RUN --data_dir=MESSIDOR2_TFREC --split=test --calibration=RUN
+python eval.py --model_dir=RUN --images='gs://B/photos/*.jpeg' --out=gs://B/grades --runner=beam \
+    --beam_pipeline_options="--runner=DataflowRunner --project=P --region=R ..."
 """
+
+import os
 
 from absl import app, flags
 
 from effdr_tf import cli
+from effdr_tf.beam_options import RUNNERS  # no Beam: it loads only for --runner=beam
 from effdr_tf.data import image_header  # pure Python: the flags load nothing heavy
 from effdr_tf.data.schema import SPLITS  # no TensorFlow: flags are checked before it loads
 
@@ -37,7 +42,22 @@ _CALIBRATION = flags.DEFINE_string(
     "data's validation split (for an external test set): a file, an eval.py output folder, "
     "or a run (its eval_<data folder>/grading.json).",
 )
-_IMAGES = flags.DEFINE_string("images", None, "A folder or CSV of photographs to grade.")
+_IMAGES = flags.DEFINE_string(
+    "images", None, "Photographs to grade: a folder, a CSV of paths or a glob pattern (gs:// too)."
+)
+_RUNNER = flags.DEFINE_enum(
+    "runner",
+    "local",
+    list(RUNNERS),
+    "With --images: grade here (local) or on an Apache Beam pipeline (beam; sharded CSVs, no "
+    "--gradcam).",
+)
+_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options",
+    None,
+    'With --runner=beam: Beam options as one string, e.g. "--runner=DataflowRunner '
+    '--project=P --region=R --temp_location=gs://B/tmp"; empty: run here, a process a core.',
+)
 _GRADCAM = flags.DEFINE_bool("gradcam", False, "With --images: a Grad-CAM overlay per image.")
 _REFERABLE = flags.DEFINE_enum(
     "referable",
@@ -54,7 +74,7 @@ _EXPLAIN = flags.DEFINE_enum(
     "gradcam:stride16",
     ["gradcam:last", "gradcam:stride16", "hirescam:last", "hirescam:stride16"],
     "With --gradcam: the map (method:stage) drawn on each photograph; the default beat two "
-    "nulls by the most on the demo (README, explanations).",
+    "nulls by the most on the demo (docs/evaluation.md, class-activation maps).",
 )
 flags.register_validator("batch_size", lambda v: v >= 0, message="--batch_size must be 0 or more")
 _PRIOR_CORRECTION = flags.DEFINE_bool(
@@ -96,45 +116,73 @@ flags.register_validator(
 )
 
 
-@cli.entry_point
-def main(argv):
-    del argv
-    if _IMAGES.value:
-        from effdr_tf.errors import EffdrError
+def _grade_images():
+    from effdr_tf.errors import EffdrError
+
+    if not _OUT.value:
+        raise EffdrError("--images needs --out (where predictions.csv goes)")
+    if "," in _MODEL_DIR.value:
+        raise EffdrError("--images grades with one run; --model_dir names several")
+    shared = dict(
+        max_pixels=_MAX_MEGAPIXELS.value * 1e6,
+        grading=_GRADING.value,
+        referable=_REFERABLE.value,
+        batch_size=_BATCH_SIZE.value or None,
+        # Given views must match the grading.json's; left out, its views are applied.
+        tta=_TTA.value if _TTA.present else None,
+        rotations=_TTA_ROTATIONS.value if _TTA_ROTATIONS.present else None,
+        prior_correction=_PRIOR_CORRECTION.value,
+    )
+    if _RUNNER.value == "beam":
+        if _GRADCAM.value:
+            raise EffdrError("--gradcam is not offered with --runner=beam; use --runner=local")
+        from effdr_tf.evaluation import beam_grading
+
+        result = beam_grading.grade_with_beam(
+            _MODEL_DIR.value,
+            _IMAGES.value,
+            _OUT.value,
+            beam_options=_BEAM_PIPELINE_OPTIONS.value,
+            workers=os.cpu_count() or 1,
+            **shared,
+        )
+    else:
         from effdr_tf.evaluation import predict
 
-        if not _OUT.value:
-            raise EffdrError("--images needs --out (where predictions.csv goes)")
-        if "," in _MODEL_DIR.value:
-            raise EffdrError("--images grades with one run; --model_dir names several")
         result = predict.predict_images(
             _MODEL_DIR.value,
             _IMAGES.value,
             _OUT.value,
             gradcam=_GRADCAM.value,
-            max_pixels=_MAX_MEGAPIXELS.value * 1e6,
-            grading=_GRADING.value,
-            referable=_REFERABLE.value,
-            batch_size=_BATCH_SIZE.value or None,
-            # Given views must match the grading.json's; left out, its views are applied.
-            tta=_TTA.value if _TTA.present else None,
-            rotations=_TTA_ROTATIONS.value if _TTA_ROTATIONS.present else None,
             method=_EXPLAIN.value.split(":")[0],
             stage=_EXPLAIN.value.split(":")[1],
-            prior_correction=_PRIOR_CORRECTION.value,
+            **shared,
         )
-        if not result["graded"]:
-            raise EffdrError(
-                f"{_IMAGES.value}: none of the {result['unreadable']} images could be graded; "
-                f"the reasons are in {result['csv']}"
-            )
-        print(
-            f"graded {result['graded']} images, {result['unreadable']} unreadable: {result['csv']}"
-            + (f" (grade_fitted: cut points of {result['grading']})" if result["grading"] else "")
-            + f"\nreferable: {result['referable']['description']}"
-            + (f"\nGrad-CAM heat scale: {result['heat_scale']['value']:.4g}, the "
-               f"{result['heat_scale']['from']}" if result["heat_scale"] else "")
-        )  # fmt: skip
+    if not result["graded"]:
+        raise EffdrError(
+            f"{_IMAGES.value}: none of the {result['unreadable']} images could be graded; "
+            f"the reasons are in {result['csv']}"
+        )
+    print(
+        f"graded {result['graded']} images, {result['unreadable']} unreadable: {result['csv']}"
+        + (f" (grade_fitted: cut points of {result['grading']})" if result["grading"] else "")
+        + f"\nreferable: {result['referable']['description']}"
+        + (f"\nGrad-CAM heat scale: {result['heat_scale']['value']:.4g}, the "
+           f"{result['heat_scale']['from']}" if result["heat_scale"] else "")
+    )  # fmt: skip
+
+
+@cli.entry_point
+def main(argv):
+    del argv
+    from effdr_tf.errors import EffdrError
+
+    if _RUNNER.value != "local" and not _IMAGES.value:
+        raise EffdrError(f"--runner={_RUNNER.value} grades photographs: it needs --images")
+    if _BEAM_PIPELINE_OPTIONS.value and _RUNNER.value != "beam":
+        raise EffdrError("--beam_pipeline_options applies to --runner=beam only")
+    if _IMAGES.value:
+        _grade_images()
         return
     from effdr_tf.evaluation import evaluate
 

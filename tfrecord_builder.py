@@ -2,6 +2,8 @@
 
 python tfrecord_builder.py --data=kaggle_dr --data_dir=RAW --output_dir=TFREC --variant=b5
 python tfrecord_builder.py --data=synthetic_dr --num_images=2000 --output_dir=TFREC
+python tfrecord_builder.py --data=synthetic_dr --output_dir=TFREC --runner=beam \
+    --beam_pipeline_options="--runner=DataflowRunner --project=P --region=R ..."
 """
 
 import os
@@ -9,11 +11,12 @@ import os
 from absl import app, flags
 
 from effdr_tf import cli
+from effdr_tf.beam_options import RUNNERS
 from effdr_tf.data import fundus
 from effdr_tf.data.sources import SOURCES  # no TensorFlow: flags are checked before it loads
 
 _DATA = flags.DEFINE_enum(
-    "data", "synthetic_dr", list(SOURCES), "Dataset layout: see README, Datasets."
+    "data", "synthetic_dr", list(SOURCES), "Dataset layout: see docs/datasets.md."
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder of the raw dataset.")
 _LABELS = flags.DEFINE_string(
@@ -28,7 +31,24 @@ _PREPROCESS = flags.DEFINE_enum(
     "preprocess", None, ["crop", "btgraham", "none"], "Default: crop (CIFAR: none)."
 )
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "Shards of the largest split.")
-_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "Preprocessing processes.")
+_WORKERS = flags.DEFINE_integer(
+    "workers",
+    os.cpu_count() or 1,
+    "Preprocessing processes (--runner=beam: the local runner's, without --beam_pipeline_options).",
+)
+_RUNNER = flags.DEFINE_enum(
+    "runner",
+    "local",
+    list(RUNNERS),
+    "local: a process pool on this machine; beam: Apache Beam pipelines (pip install -e "
+    "'.[beam]'), the same files.",
+)
+_BEAM_PIPELINE_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options",
+    None,
+    '--runner=beam: Beam pipeline options as one string, e.g. "--runner=DataflowRunner '
+    '--project=P --region=R --temp_location=gs://B/tmp"; default: Beam local runner.',
+)
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Validation patients carved from train.")
 _WITHHOLD_LABELS = flags.DEFINE_float(
     "withhold_labels",
@@ -85,11 +105,22 @@ for _flag, _check, _message in (
     (_NEAR_DUPLICATE_DISTANCE, lambda v: -1 <= v <= 128, "must be -1 (off) or 0 to 128"),
 ):
     flags.register_validator(_flag.name, _check, message=f"--{_flag.name} {_message}")
+flags.register_multi_flags_validator(
+    [_RUNNER.name, _BEAM_PIPELINE_OPTIONS.name],
+    lambda v: v["runner"] == "beam" or v["beam_pipeline_options"] is None,
+    message="--beam_pipeline_options needs --runner=beam",
+)
 
 
 @cli.entry_point
 def main(argv):
     del argv
+    beam_options = None
+    if _RUNNER.value == "beam":
+        from effdr_tf.beam_options import pipeline_options
+
+        # Checked before any work: Beam missing, or an option it does not know, is one line.
+        beam_options = pipeline_options(_BEAM_PIPELINE_OPTIONS.value, _WORKERS.value)
     from effdr_tf.data import builder, sources
     from effdr_tf.models import VARIANTS, canonical_variant
 
@@ -122,7 +153,13 @@ def main(argv):
         ),
     )
     manifest = builder.build(
-        source, _OUTPUT_DIR.value, options, workers=_WORKERS.value, overwrite=_OVERWRITE.value
+        source,
+        _OUTPUT_DIR.value,
+        options,
+        workers=_WORKERS.value,
+        overwrite=_OVERWRITE.value,
+        runner=_RUNNER.value,
+        beam_options=beam_options,
     )
     print(builder.summary(manifest, _OUTPUT_DIR.value))
 

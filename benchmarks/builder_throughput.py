@@ -9,6 +9,15 @@ encodes JPEG quality 72, one after another (its builder runs in one process); ou
     python benchmarks/builder_throughput.py --num_images=40 --workers=2
 
 The last line is ``ratio=<ours / tfds serial, images/s> ...``.
+
+``--compare=beam`` times the same build on Apache Beam instead (``--runner=beam`` on the
+local runner, FnApiRunner, with ``--workers`` processes, ``multi_processing``) against the local
+builder with as many workers, and samples the peak resident memory (VmHWM) of every worker
+process each of them starts, and of this process:
+
+    python benchmarks/builder_throughput.py --compare=beam --num_images=200 --workers=2
+
+Its last line is ``ratio=<Beam / local, images/s> ...``.
 """
 
 import os
@@ -16,6 +25,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -27,10 +37,18 @@ from absl import app, flags  # noqa: E402
 from benchmarks.tfds_btgraham import process_file  # noqa: E402
 from effdr_tf.data import builder, synthetic  # noqa: E402
 from effdr_tf.data.sources import make_source  # noqa: E402
+from tests.memory import process_tree, vm_hwm_kib  # noqa: E402
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 100, "Photographs to process per round.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Our builder's worker processes.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
+_COMPARE = flags.DEFINE_enum(
+    "compare",
+    "tfds",
+    ["tfds", "beam"],
+    "tfds: ours against the tfds preprocessing run serially; beam: --runner=beam (the "
+    "DirectRunner, --workers processes) against --runner=local with as many workers.",
+)
 
 
 def make_eyepacs_like(folder: str, n: int) -> None:
@@ -84,16 +102,103 @@ def tfds_serial(folder: str, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def ours(folder: str, out: str, n: int, workers: int) -> float:
+def ours(folder: str, out: str, n: int, workers: int, runner: str = "local") -> float:
     shutil.rmtree(out, ignore_errors=True)
     options = builder.BuildOptions(image_size=540, preprocess="btgraham", val_fraction=0.0)
+    beam_options = None
+    if runner == "beam":
+        from effdr_tf.beam_options import pipeline_options
+
+        # No --runner: Beam's local runner (FnApiRunner) with `workers` processes.
+        beam_options = pipeline_options("", workers=workers)
     start = time.perf_counter()
     manifest = builder.build(
-        make_source("csv", folder), out, options, workers=workers, progress=False
+        make_source("csv", folder),
+        out,
+        options,
+        workers=workers,
+        progress=False,
+        runner=runner,
+        beam_options=beam_options,
     )
     elapsed = time.perf_counter() - start
     assert manifest["num_written"] == n, manifest["num_rejected"]
     return n / elapsed
+
+
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:  # the process has just exited
+        return ""
+
+
+class PeakMemory:
+    """Peak resident memory (VmHWM, MB) of this process and of each worker it starts.
+
+    VmHWM is the process's own high-water mark (unlike ru_maxrss, which a child inherits at
+    fork). The workers' peaks are sampled every 20 ms while they live, so a process that
+    exits less than that after its peak may be under-read; this process's own is reset at
+    the start (``/proc/self/clear_refs``) and read at the end. Workers: the local builder's
+    spawned pool processes, the FnApiRunner's SDK harness processes; neither multiprocessing's
+    resource tracker nor the shell that starts each harness is a worker.
+    """
+
+    def __enter__(self):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident size
+        except OSError:
+            pass
+        self.workers: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            for pid in process_tree(os.getpid())[1:]:
+                command = _command_line(pid)
+                if not command or "resource_tracker" in command or command.startswith("/bin/sh "):
+                    continue
+                self.workers[pid] = max(self.workers.get(pid, 0), vm_hwm_kib(pid))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.main_mb = vm_hwm_kib("self") / 1024
+        peaks = [kib / 1024 for kib in self.workers.values() if kib]
+        self.worker_max_mb = max(peaks, default=0.0)
+        self.worker_count = len(peaks)
+
+
+def compare_beam(data: str, tmp: str, n: int, workers: int, rounds: int) -> None:
+    """--runner=beam against --runner=local on the same photographs, in alternating rounds."""
+    rates = {"local": [], "beam": []}
+    memory = {}
+    for _ in range(rounds):
+        for runner in ("local", "beam"):
+            with PeakMemory() as peak:
+                rates[runner].append(ours(data, os.path.join(tmp, runner), n, workers, runner))
+            memory[runner] = peak  # the last round's: the same work every round
+    local, beam = statistics.median(rates["local"]), statistics.median(rates["beam"])
+    for runner, rate in (("local", local), ("beam", beam)):
+        peak = memory[runner]
+        label = {
+            "local": f"local builder, --workers={workers}:",
+            "beam": f"Beam FnApiRunner, {workers} processes:",
+        }[runner]
+        print(f"{label:<38} {rate:6.1f} images/s  {[round(r, 1) for r in rates[runner]]}")
+        print(
+            f"  peak memory: {peak.worker_max_mb:.0f} MB per worker (largest of "
+            f"{peak.worker_count} worker processes), {peak.main_mb:.0f} MB main process"
+        )
+    print(
+        f"ratio={beam / local:.2f} --runner=beam (FnApiRunner, {workers} processes) / "
+        f"--runner=local (--workers={workers}), images/s at 3000x2000, {n} images a build"
+    )
 
 
 def main(argv):
@@ -118,6 +223,9 @@ def main(argv):
             f"{n} synthetic photographs, 3000x2000 JPEG q95, {size_mb:.1f} MB each; "
             f"{os.cpu_count()} CPUs"
         )
+        if _COMPARE.value == "beam":
+            compare_beam(data, tmp, n, _WORKERS.value, _ROUNDS.value)
+            return
         tfds_serial(data, min(n, 4))  # warm the page cache and OpenCV
         rates = {"tfds": [], "ours": []}
         for _ in range(_ROUNDS.value):

@@ -14,7 +14,8 @@ import tempfile
 import time
 
 
-def _vm_hwm_kib(pid: int) -> int:
+def vm_hwm_kib(pid: int | str) -> int:
+    """The peak resident memory of ``pid`` (or ``"self"``) in KiB; 0 once it has exited."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -25,7 +26,8 @@ def _vm_hwm_kib(pid: int) -> int:
     return 0
 
 
-def _tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -58,8 +60,8 @@ def run_measured(args, *, cwd, timeout: float = 600, interval: float = 0.05):
         proc = subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=out, stderr=err, text=True)
         deadline = time.monotonic() + timeout
         while proc.poll() is None:
-            for pid in _tree(proc.pid):
-                peaks[pid] = max(peaks.get(pid, 0), _vm_hwm_kib(pid))
+            for pid in process_tree(proc.pid):
+                peaks[pid] = max(peaks.get(pid, 0), vm_hwm_kib(pid))
             if time.monotonic() > deadline:
                 proc.kill()
                 proc.wait()

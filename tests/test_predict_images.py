@@ -100,3 +100,45 @@ def test_the_grading_files_test_time_views_are_applied_unless_given_the_same():
     assert predict.check_grading(grading, "g.json", RUN, None, None) == ("dihedral", [10.0, -10.0])
     got = predict.check_grading(grading, "g.json", RUN, "dihedral", ["10", "-10"])
     assert got == ("dihedral", [10.0, -10.0])
+
+
+def test_a_glob_pattern_lists_the_files_it_matches_sorted(tmp_path):
+    """--images=PATTERN (both runners): the matching files sorted, folders left out, non-image
+    names kept for their rows; a folder whose name looks like a pattern is still a folder."""
+    for name in ("b.png", "a.jpg", "notes.txt", "c.jpeg"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "d.png").mkdir()
+    odd = tmp_path / "eye[1]"
+    odd.mkdir()
+    (odd / "x.png").write_bytes(b"")
+    got = predict.list_images(str(tmp_path / "*.*"))
+    assert got == [str(tmp_path / n) for n in ("a.jpg", "b.png", "c.jpeg", "notes.txt")]
+    assert predict.list_images(str(tmp_path / "[ab].*")) == got[:2]
+    assert predict.list_images(str(odd)) == [str(odd / "x.png")]
+    with pytest.raises(EffdrError, match=r"\*\.tif: the pattern matches no file$"):
+        predict.list_images(str(tmp_path / "*.tif"))
+    with pytest.raises(EffdrError, match=r"notes\?txt: no images \(.jpg, .*\) among the matches"):
+        predict.list_images(str(tmp_path / "notes?txt"))
+
+
+def test_a_remote_photograph_is_prepared_as_a_local_one(tmp_path):
+    """Paths tf.io.gfile reads (gs://; here its in-memory ram://) are listed by a pattern and
+    prepared to the same model input as the same file on disk."""
+    import cv2
+    import tensorflow as tf
+
+    from effdr_tf.data import fundus, synthetic
+
+    image, _ = synthetic.generate(2, 0, size=96)
+    data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+    (tmp_path / "a.jpg").write_bytes(data)
+    folder = "ram://remote_photographs"
+    tf.io.gfile.makedirs(folder)
+    with tf.io.gfile.GFile(f"{folder}/a.jpg", "wb") as f:
+        f.write(data)
+    assert predict.list_images(f"{folder}/*.jpg") == [f"{folder}/a.jpg"]
+    preparation = predict.Preparation(size=32)
+    local = predict.prepare_photograph(str(tmp_path / "a.jpg"), preparation)
+    assert predict.prepare_photograph(f"{folder}/a.jpg", preparation) == local
+    with pytest.raises(fundus.RejectedImageError, match="^cannot read file: No such file"):
+        predict.prepare_photograph(f"{folder}/missing.jpg", preparation)

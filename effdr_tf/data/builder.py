@@ -1,6 +1,6 @@
 """Sharded TFRecords from any source: parallel preprocessing, exact accounting, safe resumption.
 
-Layout of the output folder (DESIGN.md):
+Layout of the output folder (docs/datasets.md, "Outputs and reliability"):
 
     {split}-{i:05d}-of-{n:05d}.tfrecord   the shards
     manifest.json                         written last: its presence means "complete"
@@ -15,6 +15,12 @@ shards in a fixed order, so a build is byte-for-byte deterministic for a seed wh
 number of workers. Each shard is written under a temporary name and renamed when complete, with
 its record in ``.parts/`` written first: a build killed at any moment and run again redoes only
 the shards that were not finished and gives the same files as an uninterrupted one.
+
+``runner="beam"`` (``tfrecord_builder.py --runner=beam``) hands the two steps that decode
+images, the near-duplicate hashing and the writing of the pending shards, to Apache Beam
+pipelines (``effdr_tf.data.beam``) that call the same per-image and per-shard functions; the
+plan, the resume checks, the manifest and rejects.csv stay here, so both runners give the same
+files.
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ import multiprocessing
 import os
 import re
 import sys
+from collections.abc import Iterable
 
 import numpy as np
 
 import effdr_tf
 from effdr_tf import constants, fileio
+from effdr_tf.beam_options import RUNNERS, pipeline_options
 from effdr_tf.data import fundus, near_duplicates, splits
 from effdr_tf.data.schema import SPLITS, UNKNOWN_LABEL, UNLABELLED, Record, Reject
 from effdr_tf.data.sources import Source
@@ -223,25 +231,10 @@ def _hash(record: Record) -> bytes | None:
         return None
 
 
-def group_near_duplicates(
-    records: list[Record], source: Source, options: BuildOptions, *, workers: int, progress: bool
-) -> tuple[list[Record], dict | None]:
-    """Gives the training photographs of each near-duplicate cluster one patient id.
-
-    Only for a source that declares its photographs may repeat without a patient id to tie
-    them (``Source.near_duplicates``): each training image without a patient id is decoded at
-    a reduced size and hashed (``near_duplicates``); the images of a cluster then share the id
-    of its first, so validation is carved with them together and evaluation counts them as one
-    patient. Grades are never changed: clusters whose grades disagree are counted and listed.
-
-    Returns:
-        The records, and what was found (for the manifest), None where nothing was hashed.
-    """
-    distance = options.near_duplicate_distance
-    if distance is None or not source.near_duplicates:
-        return records, None
-    candidates = [r for r in records if r.split == "train" and not r.patient_id]
-    hashes = {}
+def _hash_locally(
+    candidates: list[Record], source: Source, options: BuildOptions, *, workers: int, progress: bool
+) -> list[bytes | None]:
+    """``_hash`` of each candidate, in their order, in ``workers`` processes."""
     pool = None
     if workers > 1 and len(candidates) > 1:
         pool = concurrent.futures.ProcessPoolExecutor(
@@ -257,15 +250,9 @@ def group_near_duplicates(
     from tqdm import tqdm
 
     try:
-        for record, value in tqdm(
-            zip(candidates, results, strict=True),
-            total=len(candidates),
-            unit="img",
-            desc="hashing",
-            disable=not progress,
-        ):
-            if value is not None:
-                hashes[record.id] = value
+        return list(
+            tqdm(results, total=len(candidates), unit="img", desc="hashing", disable=not progress)
+        )
     except concurrent.futures.process.BrokenProcessPool as e:
         raise EffdrError(
             f"{source.data_dir}: a worker died while hashing images for near-duplicates; use "
@@ -274,6 +261,54 @@ def group_near_duplicates(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def group_near_duplicates(
+    records: list[Record],
+    source: Source,
+    options: BuildOptions,
+    *,
+    workers: int,
+    progress: bool,
+    runner: str = "local",
+    beam_options=None,
+) -> tuple[list[Record], dict | None]:
+    """Gives the training photographs of each near-duplicate cluster one patient id.
+
+    Only for a source that declares its photographs may repeat without a patient id to tie
+    them (``Source.near_duplicates``): each training image without a patient id is decoded at
+    a reduced size and hashed (``near_duplicates``); the images of a cluster then share the id
+    of its first, so validation is carved with them together and evaluation counts them as one
+    patient. Grades are never changed: clusters whose grades disagree are counted and listed.
+
+    Args:
+        records: the records to group.
+        source: where their images are loaded from.
+        options: the build's options (the pixel budget and the distance).
+        workers: hashing processes for ``runner="local"``.
+        progress: show a progress bar (``runner="local"``).
+        runner: ``local`` hashes in a process pool; ``beam`` in a Beam pipeline run with
+            ``beam_options`` (``effdr_tf.data.beam.hash_images``). Both give the same hashes.
+        beam_options: ``PipelineOptions`` for ``runner="beam"``.
+
+    Returns:
+        The records, and what was found (for the manifest), None where nothing was hashed.
+    """
+    distance = options.near_duplicate_distance
+    if distance is None or not source.near_duplicates:
+        return records, None
+    candidates = [r for r in records if r.split == "train" and not r.patient_id]
+    if runner == "beam":
+        from effdr_tf.data import beam
+
+        values = beam.hash_images(candidates, source, options, beam_options)
+    else:
+        values = _hash_locally(candidates, source, options, workers=workers, progress=progress)
+    hashes = {
+        record.id: value
+        for record, value in zip(candidates, values, strict=True)
+        if value is not None
+    }
     groups = near_duplicates.clusters(hashes, distance)
     cluster_of = {key: group[0] for group in groups for key in group}
     grade = {r.id: r.label for r in candidates}
@@ -348,7 +383,56 @@ def _write_failure(output_dir: str, name: str, error: BaseException) -> str:
     )
 
 
+def write_shard(
+    shard: Shard, results: Iterable[tuple], source_name: str, options: BuildOptions, output_dir: str
+) -> dict:
+    """Writes one shard from its records' ``_process`` results, given in the shard's order.
+
+    The examples go to ``{name}.tmp``; the shard's record (counts, rejects, size, sha256) is
+    written to ``.parts/{name}.json`` before the file is renamed to its name, so a shard is
+    finished exactly when both exist. Nothing here depends on the process or the moment it
+    runs: the same inputs write the same bytes, so a shard written again (a resumed build, a
+    retried Beam bundle) is the same file.
+
+    Args:
+        shard: what to write, from ``plan_shards``.
+        results: one ``_process`` result per record of ``shard``, in the same order.
+        source_name: written as each example's source.
+        options: the build's options (the image format).
+        output_dir: the output folder (local or ``gs://``).
+
+    Returns:
+        The shard's record, as written to ``.parts``.
+    """
+    import tensorflow as tf
+
+    path = os.path.join(output_dir, shard.name)
+    counts = collections.Counter()
+    rejects = []
+    with tf.io.TFRecordWriter(f"{path}.tmp") as writer:
+        for record, result in zip(shard.records, results, strict=True):
+            if result[0] == "ok":
+                _, data, h, w = result
+                writer.write(_example(record, data, h, w, source_name, options.image_format))
+                counts[record.label] += 1
+            else:
+                rejects.append([record.path, result[1]])
+    part = {
+        "name": shard.name,
+        "split": shard.split,
+        "count": sum(counts.values()),
+        "class_counts": {str(k): v for k, v in sorted(counts.items())},
+        "sha256": fileio.sha256(f"{path}.tmp"),
+        "bytes": tf.io.gfile.stat(f"{path}.tmp").length,
+        "rejects": rejects,
+    }
+    _write_text(os.path.join(output_dir, PARTS, f"{shard.name}.json"), json.dumps(part))
+    tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
+    return part
+
+
 def _write_shards(pending, source, options, output_dir, workers, progress) -> None:
+    """Writes the pending shards here: ``workers`` processes preprocess, this one writes."""
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -370,35 +454,17 @@ def _write_shards(pending, source, options, output_dir, workers, progress) -> No
         _init_worker(source, options)
         results = map(_process, records)
     bar = tqdm(total=len(records), unit="img", desc="building", disable=not progress)
+
+    def taken(n):
+        # The next n results, in order: the pool works ahead while a shard is written.
+        for _ in range(n):
+            yield next(results)
+            bar.update(1)
+
     shard = None
     try:
         for shard in pending:
-            path = os.path.join(output_dir, shard.name)
-            counts = collections.Counter()
-            rejects = []
-            with tf.io.TFRecordWriter(f"{path}.tmp") as writer:
-                for record in shard.records:
-                    result = next(results)
-                    bar.update(1)
-                    if result[0] == "ok":
-                        _, data, h, w = result
-                        writer.write(
-                            _example(record, data, h, w, source.name, options.image_format)
-                        )
-                        counts[record.label] += 1
-                    else:
-                        rejects.append([record.path, result[1]])
-            part = {
-                "name": shard.name,
-                "split": shard.split,
-                "count": sum(counts.values()),
-                "class_counts": {str(k): v for k, v in sorted(counts.items())},
-                "sha256": fileio.sha256(f"{path}.tmp"),
-                "bytes": tf.io.gfile.stat(f"{path}.tmp").length,
-                "rejects": rejects,
-            }
-            _write_text(os.path.join(output_dir, PARTS, f"{shard.name}.json"), json.dumps(part))
-            tf.io.gfile.rename(f"{path}.tmp", path, overwrite=True)
+            write_shard(shard, taken(len(shard.records)), source.name, options, output_dir)
     except concurrent.futures.process.BrokenProcessPool as e:
         raise EffdrError(
             f"{output_dir}: a preprocessing worker died while writing {shard.name}; run the "
@@ -578,6 +644,8 @@ def build(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    runner: str = "local",
+    beam_options=None,
 ) -> dict:
     """Builds (or finishes building) the TFRecords of ``source`` in ``output_dir``.
 
@@ -587,11 +655,33 @@ def build(
     else's file under a name it would write. ``overwrite`` removes only what the earlier
     build's manifest or params.json names.
 
+    Args:
+        source: the dataset.
+        output_dir: where the shards go (local or ``gs://``).
+        options: how to build.
+        workers: preprocessing processes for ``runner="local"``, and the local Beam runner's
+            worker processes for ``runner="beam"`` without ``beam_options``.
+        overwrite: rebuild a complete output folder.
+        progress: show progress bars (``runner="local"``, on a terminal).
+        runner: ``local`` (a process pool here) or ``beam``: the near-duplicate hashing and
+            the pending shards run as Apache Beam pipelines (``effdr_tf.data.beam``); the
+            files written are the same. Which runner wrote a shard does not matter to a
+            resumed build.
+        beam_options: ``PipelineOptions`` (``beam_options.pipeline_options``) for
+            ``runner="beam"``; None runs here (FnApiRunner) with ``workers`` processes.
+
     Returns:
         The manifest.
     """
     import tensorflow as tf
 
+    if runner not in RUNNERS:
+        raise EffdrError(f"--runner={runner}: choose one of {', '.join(RUNNERS)}")
+    if runner == "beam" and beam_options is None:
+        # Here, before the scan: a missing Beam install is one line before any work.
+        beam_options = pipeline_options(None, workers)
+    elif runner == "local" and beam_options is not None:
+        raise EffdrError("--beam_pipeline_options: only used with --runner=beam")
     # A progress bar redraws itself with carriage returns: in a log file (stderr redirected)
     # it is noise, and the summary printed at the end says the same.
     progress = progress and sys.stderr.isatty()
@@ -625,7 +715,13 @@ def build(
     rejects += duplicates
     warnings = source.warnings()
     records, grouping = group_near_duplicates(
-        records, source, options, workers=workers, progress=progress
+        records,
+        source,
+        options,
+        workers=workers,
+        progress=progress,
+        runner=runner,
+        beam_options=beam_options,
     )
     if grouping and grouping["grade_conflicts"]:
         warnings.append(
@@ -682,7 +778,21 @@ def build(
     pending = [s for s in plan if not finished(s)]
     if len(pending) < len(plan):
         log.info("resuming: %d of %d shards already complete", len(plan) - len(pending), len(plan))
-    _write_shards(pending, source, options, output_dir, workers, progress)
+    if runner == "beam":
+        from effdr_tf.data import beam
+
+        beam.write_shards(pending, source, options, output_dir, beam_options)
+        # Workers on other machines write where they can: a local --output_dir there is not
+        # this machine's folder, and the pipeline succeeds without a shard arriving here.
+        missing = [s.name for s in pending if not finished(s)]
+        if missing:
+            raise EffdrError(
+                f"{os.path.join(output_dir, missing[0])}: not written although the pipeline "
+                f"succeeded ({len(missing)} shard(s) missing): workers on other machines need "
+                "an --output_dir they share with this one (gs://...)"
+            )
+    else:
+        _write_shards(pending, source, options, output_dir, workers, progress)
 
     parts = []
     for shard in plan:

@@ -1,4 +1,4 @@
-"""Grades for new photographs (a folder or a CSV of paths) with a trained run.
+"""Grades for new photographs (a folder, a CSV of paths or a glob pattern) with a trained run.
 
 Each image goes through the builder's fundus preprocessing (decode, disc crop or Ben Graham, at
 the model's input size, with the mode the training shards were built with) and is then encoded
@@ -9,20 +9,27 @@ Decisions come from what eval.py fitted on validation (``grading.json``): ``refe
 operating point on the referable score (or the grade at the fitted cut points), named with its
 threshold in each row, and a grading.json fitted on another head, an ensemble or other
 test-time views is refused rather than applied to outputs it does not describe.
+
+The steps a photograph goes through (``grading_settings``, ``prepare_photograph``,
+``grading_functions``, ``graded_row``/``error_row``) are shared with batch grading on Apache
+Beam (``beam_grading``), so both give a photograph the same row.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from effdr_tf import fileio
-from effdr_tf.data import fundus
+from effdr_tf.data import fundus, image_header
 from effdr_tf.data.builder import DECODE_MARGIN
 from effdr_tf.data.sources import base as sources_base
 from effdr_tf.errors import EffdrError
@@ -32,19 +39,49 @@ from effdr_tf.pipeline import input as pipeline
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 PATH_COLUMNS = ("path", "image", "file", "filename")
+# --images is a glob pattern when it has one of these (and names no existing folder or file).
+GLOB_CHARACTERS = "*?["
+NOT_AN_IMAGE_NAME = f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})"
 
 
 def _is_image_name(path: str) -> bool:
     return path.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _is_pattern(images: str) -> bool:
+    return any(c in images for c in GLOB_CHARACTERS)
+
+
+def _glob(pattern: str) -> list[str]:
+    """The files ``pattern`` matches, sorted; ``tf.io.gfile.glob``, so a ``gs://`` pattern is
+    listed as a local one is. Matched folders are left out (their files need their own ``*``)."""
+    try:
+        found = tf.io.gfile.glob(pattern)
+    except tf.errors.OpError as e:
+        raise EffdrError(f"{pattern}: cannot list the pattern ({e.message})") from e
+    if fileio.is_remote(pattern):
+        # A folder of an object store is a name prefix, listed with a trailing slash if at all;
+        # asking for each match whether it is one would cost a request per photograph.
+        files = [p for p in found if not p.endswith("/")]
+    else:
+        files = [p for p in found if not os.path.isdir(p)]
+    if not files:
+        raise EffdrError(f"{pattern}: the pattern matches no file")
+    if not any(_is_image_name(p) for p in files):
+        raise EffdrError(f"{pattern}: no images ({', '.join(IMAGE_SUFFIXES)}) among the matches")
+    return sorted(files)
+
+
 def list_images(images: str) -> list[str]:
-    """Paths to grade from a folder or a CSV with a path column (relative paths are taken from
-    the CSV's folder).
+    """Paths to grade from a folder, a CSV with a path column (relative paths are taken from
+    the CSV's folder) or a glob pattern.
 
     A folder is walked recursively and sorted, linked folders followed once each (a loop ends),
     and every file is listed, not only image names: a file that is not graded gets its row and
-    reason, so predictions.csv accounts for the whole folder.
+    reason, so predictions.csv accounts for the whole folder. A pattern (with ``*``, ``?`` or
+    ``[``, and not an existing folder or file) lists the files it matches, sorted, local or on
+    any file system ``tf.io.gfile`` reads (``gs://BUCKET/photos/*.jpeg``); non-image names it
+    matches get their row too.
     """
     if os.path.isdir(images):
         found, seen = [], set()
@@ -58,6 +95,8 @@ def list_images(images: str) -> list[str]:
         if not any(_is_image_name(p) for p in found):
             raise EffdrError(f"{images}: no images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
         return sorted(found)
+    if not os.path.isfile(images) and _is_pattern(images):
+        return _glob(images)
     if not os.path.isfile(images):
         raise EffdrError(f"{images}: no such folder or CSV file")
     # The builder's reader: a byte-order mark, CRLF, duplicate columns and bad bytes are
@@ -236,6 +275,229 @@ def _default_grading(run: scoring.Run) -> str | None:
     return path if data and tf.io.gfile.exists(path) else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What turns a run's probabilities into a row: the checked grading.json and its rule.
+
+    Attributes:
+        grading: the grading.json applied, or None.
+        tta: the test-time views (``scoring.TTA_MODES``).
+        rotations: extra views, in degrees.
+        num_classes: the run's grades.
+        cuts: the fitted cut points, or None.
+        decision: ``referable_rule``'s dict.
+    """
+
+    grading: str | None
+    tta: str
+    rotations: tuple[float, ...]
+    num_classes: int
+    cuts: np.ndarray | None
+    decision: dict
+
+    @property
+    def rule(self) -> str:
+        return describe_rule(self.decision)
+
+    def describe(self) -> dict:
+        """The settings as ``predict_images`` reports them (JSON-ready)."""
+        return {
+            "cut_points": None if self.cuts is None else self.cuts.tolist(),
+            "grading": self.grading,
+            "referable": self.decision | {"description": self.rule},
+            "tta": self.tta,
+            "tta_rotations": list(self.rotations),
+        }
+
+
+def grading_settings(
+    run: scoring.Run, grading: str | None, referable: str, tta: str | None, rotations
+) -> Settings:
+    """Loads and checks the grading.json and fixes the rule every row is decided by.
+
+    Args:
+        run: the run that grades.
+        grading: a grading.json; None takes the run's own evaluation's when there is one.
+        referable: one of ``REFERABLE_RULES``.
+        tta: ``--tta`` when given, else None (the grading.json's, or none).
+        rotations: ``--tta_rotations`` when given, else None.
+
+    Raises:
+        EffdrError: a grading.json that cannot be read, does not describe this run's outputs
+            (``check_grading``) or has cut points for another number of grades; an unknown
+            rule or TTA.
+    """
+    grading = grading or _default_grading(run)
+    content = load_grading(grading) if grading else None
+    if content is not None:
+        tta, rotations = check_grading(content, grading, run, tta, rotations)
+    tta = tta or "none"
+    if tta not in scoring.TTA_MODES:
+        raise EffdrError(f"--tta={tta}: choose one of {', '.join(scoring.TTA_MODES)}")
+    cuts = _cut_points(content, grading, run.num_classes)
+    return Settings(
+        grading=grading,
+        tta=tta,
+        rotations=tuple(float(a) for a in rotations or ()),
+        num_classes=run.num_classes,
+        cuts=cuts,
+        decision=referable_rule(content, grading, referable, cuts),
+    )
+
+
+def grading_functions(run: scoring.Run, settings: Settings):
+    """(prepare, forward): encoded images (string [N]) to the model's input, as the evaluation
+    pipeline reads a shard image, and a batch of model inputs to probabilities [N, K] averaged
+    over the settings' views; traced once per batch shape."""
+
+    @tf.function(reduce_retracing=True)
+    def prepare(encoded):
+        return scoring.images_from_bytes(run, encoded)
+
+    @tf.function(reduce_retracing=True)
+    def forward(batch):
+        return scoring.tta_probabilities(run.probabilities, batch, settings.tta, settings.rotations)
+
+    return prepare, forward
+
+
+@dataclasses.dataclass(frozen=True)
+class Preparation:
+    """How a photograph becomes a model input: as the run's training shards were built.
+
+    Attributes:
+        size: the model's input side, in pixels.
+        mode: the fundus preprocessing (``fundus.PREPROCESS_MODES``).
+        image_format: the encoding the shards hold (jpeg or png).
+        jpeg_quality: its quality, for jpeg.
+        max_pixels: the pixel budget a file's header may declare; None for none.
+    """
+
+    size: int
+    mode: str = "crop"
+    image_format: str = "jpeg"
+    jpeg_quality: int = 95
+    max_pixels: float | None = fundus.DEFAULT_MAX_PIXELS
+
+
+def preparation(run: scoring.Run, max_pixels: float | None) -> Preparation:
+    """The preparation for ``run``: its input size and its shards' preprocessing."""
+    prep = _preprocessing(run)
+    return Preparation(
+        size=run.image_size,
+        mode=prep.get("mode", "crop"),
+        image_format=prep.get("image_format") or "jpeg",
+        jpeg_quality=prep.get("jpeg_quality") or 95,
+        max_pixels=max_pixels,
+    )
+
+
+def read_photograph(path: str, max_pixels: float | None) -> bytes:
+    """A photograph's bytes: ``fundus.read`` for a local path; a remote one (``gs://``) through
+    ``tf.io.gfile``, refused unread when it is larger than an image within ``max_pixels`` can
+    be, as ``fundus.read`` refuses a local one."""
+    if not fileio.is_remote(path):
+        return fundus.read(path, max_pixels)
+    limit = image_header.max_file_bytes(max_pixels)
+    try:
+        size = tf.io.gfile.stat(path).length
+        if limit is not None and size > limit:
+            raise fundus.RejectedImageError(
+                f"file is {size / 1e6:.1f} MB, larger than an image within the "
+                f"{max_pixels / 1e6:g} megapixel limit can be ({limit / 1e6:.1f} MB; "
+                "--max_megapixels)"
+            )
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except tf.errors.NotFoundError as e:
+        raise fundus.RejectedImageError("cannot read file: No such file or directory") from e
+    except tf.errors.OpError as e:
+        reason = " ".join(e.message.split()) or type(e).__name__
+        raise fundus.RejectedImageError(f"cannot read file: {reason}") from e
+
+
+class Prepared(NamedTuple):
+    """A prepared photograph: the model input, encoded as in a shard, and with an overlay
+    side the preprocessed photograph at that side (RGB uint8), else None."""
+
+    encoded: bytes
+    overlay: np.ndarray | None = None
+
+
+def prepare_photograph(
+    path: str, preparation: Preparation, overlay_side: int | None = None
+) -> Prepared:
+    """Reads one photograph within the pixel budget, decodes it and applies the shards'
+    fundus preprocessing at the model's size, encoded as the shards are.
+
+    Args:
+        path: the photograph (local or remote).
+        preparation: ``preparation(run, max_pixels)``.
+        overlay_side: also the preprocessed photograph at this side (for Grad-CAM overlays).
+
+    Raises:
+        Exception: whatever stops this photograph (``fundus.describe_failure`` makes its
+            row's reason): a name that is not an image's, an unreadable file, a header over
+            the budget, a decoder error, a photograph no grader could use.
+    """
+    if not _is_image_name(path):
+        raise fundus.RejectedImageError(NOT_AN_IMAGE_NAME)
+    data = read_photograph(path, preparation.max_pixels)
+    image = fundus.decode(data, int(DECODE_MARGIN * preparation.size), preparation.max_pixels)
+    encoded = fundus.encode(
+        fundus.preprocess(image, preparation.mode, preparation.size),
+        preparation.image_format,
+        preparation.jpeg_quality,
+    )
+    overlay = None
+    if overlay_side:
+        large = fundus.decode(data, int(DECODE_MARGIN * overlay_side), preparation.max_pixels)
+        overlay = fundus.preprocess(large, preparation.mode, overlay_side)
+    return Prepared(encoded, overlay)
+
+
+def csv_header(num_classes: int) -> list[str]:
+    """The columns of predictions.csv."""
+    return (
+        ["path", "grade", "grade_fitted", "referable", "referable_rule", "referable_score"]
+        + [f"p{c}" for c in range(num_classes)]
+        + ["error"]
+    )
+
+
+def error_row(path: str, error: str, num_classes: int) -> list:
+    """The row of a photograph that was not graded: its path and the reason."""
+    return [path, "", "", "", "", ""] + [""] * num_classes + [error]
+
+
+def graded_row(path: str, probabilities: np.ndarray, settings: Settings) -> list:
+    """The row of a graded photograph: argmax grade, the grade at the fitted cut points, the
+    referable decision under the settings' rule (named in the row), the referable score and
+    the probabilities, to 6 decimals."""
+    p = np.asarray(probabilities)
+    k = settings.num_classes
+    score = float(clinical.referable_score(p[np.newaxis])[0]) if k > 2 else float("nan")
+    cuts = settings.cuts
+    fitted = (
+        int(thresholds.apply(thresholds.expected_grade(p[np.newaxis]), cuts)[0])
+        if cuts is not None
+        else ""
+    )
+    decision = settings.decision
+    return (
+        [path, int(p.argmax()), fitted, _referable(p, score, fitted, decision),
+         settings.rule if decision["available"] else "", f"{score:.6f}"]
+        + [f"{v:.6f}" for v in p] + [""]
+    )  # fmt: skip
+
+
+def csv_line(row: list) -> str:
+    """One row as predictions.csv holds it, without the line end (for line-based writers)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(row)
+    return buffer.getvalue()
+
+
 def heat_scale(run: scoring.Run, method: str, stage: str) -> tuple[float | None, str]:
     """The one heat scale for every overlay of this run (``gradcam.fit_scale``), fixed on up to
     ``SCALE_IMAGES`` of its validation images; (scale, where it comes from), or (None, why not)
@@ -302,33 +564,15 @@ def predict_images(
     ``prior_correction``: as for eval.py (``scoring.load_run``); must match the grading.json's.
     """
     run = scoring.load_run(model_dir, prior_correction=prior_correction)
-    grading = grading or _default_grading(run)
-    content = load_grading(grading) if grading else None
-    if content is not None:
-        tta, rotations = check_grading(content, grading, run, tta, rotations)
-    tta = tta or "none"
-    rotations = tuple(float(a) for a in rotations or ())
-    if tta not in scoring.TTA_MODES:
-        raise EffdrError(f"--tta={tta}: choose one of {', '.join(scoring.TTA_MODES)}")
-    cuts = _cut_points(content, grading, run.num_classes)
-    decision = referable_rule(content, grading, referable, cuts)
-    rule = describe_rule(decision)
+    settings = grading_settings(run, grading, referable, tta, rotations)
     paths = list_images(images)
-    prep = _preprocessing(run)
-    size = run.image_size
+    prep = preparation(run, max_pixels)
     batch_size = batch_size or (GRADCAM_BATCH_SIZE if gradcam else BATCH_SIZE)
-    overlay_side = min(max(2 * size, OVERLAY_SIDE), 2048)
+    overlay_side = min(max(2 * prep.size, OVERLAY_SIDE), 2048)
     scale, scale_from = (None, "")
     if gradcam:
         scale, scale_from = heat_scale(run, method, stage)
-
-    @tf.function(reduce_retracing=True)
-    def prepare(encoded):
-        return scoring.images_from_bytes(run, encoded)
-
-    @tf.function(reduce_retracing=True)
-    def forward(batch):
-        return scoring.tta_probabilities(run.probabilities, batch, tta, rotations)
+    prepare, forward = grading_functions(run, settings)
 
     tf.io.gfile.makedirs(os.path.join(out_dir, "gradcam") if gradcam else out_dir)
     k = run.num_classes
@@ -344,27 +588,16 @@ def predict_images(
     # rename or hide which rows were done when a batch fails).
     out = tf.io.gfile.GFile(partial, "w")
     writer = csv.writer(out)
-    writer.writerow(["path", "grade", "grade_fitted", "referable", "referable_rule",
-                     "referable_score"] + [f"p{c}" for c in range(k)] + ["error"])  # fmt: skip
+    writer.writerow(csv_header(k))
 
     def write_done():
         for row in rows[state["written"] :]:
             p = row.get("probabilities")
             if p is None:
-                writer.writerow([row["path"], "", "", "", "", ""] + [""] * k + [row["error"]])
+                writer.writerow(error_row(row["path"], row["error"], k))
                 continue
             state["graded"] += 1
-            score = float(clinical.referable_score(p[np.newaxis])[0]) if k > 2 else float("nan")
-            fitted = (
-                int(thresholds.apply(thresholds.expected_grade(p[np.newaxis]), cuts)[0])
-                if cuts is not None
-                else ""
-            )
-            writer.writerow(
-                [row["path"], int(p.argmax()), fitted, _referable(p, score, fitted, decision),
-                 rule if decision["available"] else "", f"{score:.6f}"]
-                + [f"{v:.6f}" for v in p] + [""]
-            )  # fmt: skip
+            writer.writerow(graded_row(row["path"], p, settings))
         state["written"] = len(rows)
         out.flush()
 
@@ -402,24 +635,12 @@ def predict_images(
         for path in paths:
             row = {"path": path, "error": ""}
             rows.append(row)
-            if not _is_image_name(path):
-                row["error"] = f"not an image file name (expected {', '.join(IMAGE_SUFFIXES)})"
-                continue
             try:
-                data = fundus.read(path, max_pixels)
-                image = fundus.decode(data, int(DECODE_MARGIN * size), max_pixels)
-                mode = prep.get("mode", "crop")
-                encoded = fundus.encode(fundus.preprocess(image, mode, size),
-                                        prep.get("image_format") or "jpeg",
-                                        prep.get("jpeg_quality") or 95)  # fmt: skip
-                crop = None
-                if gradcam:
-                    large = fundus.decode(data, int(DECODE_MARGIN * overlay_side), max_pixels)
-                    crop = fundus.preprocess(large, mode, overlay_side)
+                prepared = prepare_photograph(path, prep, overlay_side if gradcam else None)
             except Exception as e:  # noqa: BLE001 - one bad photograph must not stop the others
                 row["error"] = fundus.describe_failure(e)
                 continue
-            pending.append((len(rows) - 1, encoded, crop))
+            pending.append((len(rows) - 1, prepared.encoded, prepared.overlay))
             if len(pending) == batch_size:
                 flush()
         flush()
@@ -438,10 +659,6 @@ def predict_images(
         "unreadable": len(rows) - state["graded"],
         "csv": target,
         "rows": rows,
-        "cut_points": None if cuts is None else cuts.tolist(),
-        "grading": grading,
-        "referable": decision | {"description": rule},
-        "tta": tta,
-        "tta_rotations": list(rotations),
+        **settings.describe(),
         "heat_scale": None if scale is None else {"value": scale, "from": scale_from},
     }
