@@ -235,3 +235,88 @@ def test_without_beam_installed_runner_beam_is_one_line(tmp_path):
     result = run_command("-c", hide, "tfrecord_builder.py", f"--output_dir={out}", "--runner=beam")
     one_error_line(result, "--runner=beam needs Apache Beam, which is not installed: pip install")
     assert not out.exists()
+
+
+def _copy_to_bucket(folder, bucket):
+    import tensorflow as tf
+
+    for path in sorted(folder.rglob("*")):
+        target = f"{bucket}/{path.relative_to(folder).as_posix()}"
+        if path.is_dir():
+            tf.io.gfile.makedirs(target)
+        else:
+            tf.io.gfile.copy(str(path), target, overwrite=True)
+
+
+@pytest.mark.parametrize("layout", ["kaggle_dr", "csv"])
+def test_photographs_in_a_bucket_build_as_from_a_local_folder(tmp_path, layout):
+    """--data_dir on a bucket (ram://, TensorFlow's in-memory filesystem, standing in for gs://):
+    the label files are read and the folders listed there, and each photograph is read there
+    by the worker, as a Dataflow job's workers would read gs://; the shards are the local
+    folder's, byte for byte, on Beam and locally, and a corrupt photograph is a reject."""
+    import tensorflow as tf
+
+    from tests.test_sources import write_fundus
+
+    folder = tmp_path / "raw"
+    if layout == "kaggle_dr":
+        (folder / "train").mkdir(parents=True)
+        names = [f"{p}_{eye}" for p in range(10, 22) for eye in ("left", "right")]
+        (folder / "trainLabels.csv").write_text(
+            "image,level\n" + "".join(f"{n},{i % 5}\n" for i, n in enumerate(names))
+        )
+        for i, name in enumerate(names[:-1]):
+            write_fundus(folder / "train" / f"{name}.jpeg", i, grade=i % 5)
+        (folder / "train" / f"{names[-1]}.jpeg").write_bytes(b"\xff\xd8 not a photograph")
+    else:
+        rows = []
+        for i in range(12):
+            name = f"photos/{'a' if i % 2 else 'b'}/eye {i}.png"
+            write_fundus(folder / name, i, grade=i % 5)
+            rows.append(f"{name},{i % 5}\n")
+        (folder / "photos" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        rows.append("photos/b/broken.png,1\n")
+        rows.append("../outside.png,0\n")
+        (folder / "labels.csv").write_text("path,label\n" + "".join(rows))
+    bucket = f"ram://raw-{layout}"
+    _copy_to_bucket(folder, bucket)
+    options = builder.BuildOptions(image_size=64, num_shards=2, seed=1)
+
+    want = builder.build(
+        make_source(layout, str(folder)),
+        str(tmp_path / "local"),
+        options,
+        workers=1,
+        progress=False,
+    )
+    source = make_source(layout, bucket)
+    got = builder.build(
+        source,
+        str(tmp_path / "beam"),
+        options,
+        progress=False,
+        runner="beam",
+        beam_options=pipeline_options(IN_PROCESS),
+    )
+    assert got["source"]["data_dir"] == bucket
+    for key in ("num_written", "num_rejected", "splits"):
+        assert got[key] == want[key], key
+    assert got["num_rejected"] >= 1 and got["num_written"] >= 10
+    shards = {n: h for n, h in _files(tmp_path / "beam").items() if n.endswith(".tfrecord")}
+    assert shards and shards == {
+        n: h for n, h in _files(tmp_path / "local").items() if n.endswith(".tfrecord")
+    }
+    with open(tmp_path / "beam" / builder.REJECTS) as f:
+        rejects = f.read()
+    assert bucket in rejects and str(folder) not in rejects
+    if layout == "kaggle_dr":
+        assert f"{bucket}/train/21_right.jpeg," in rejects
+    else:
+        assert "path escapes data_dir" in rejects and f"{bucket}/photos/b/broken.png," in rejects
+    # The local builder reads the bucket as well (one process: ram:// is per process).
+    local = builder.build(
+        source, str(tmp_path / "bucket_local"), options, workers=1, progress=False
+    )
+    assert _files(tmp_path / "bucket_local") == _files(tmp_path / "beam")
+    assert local == got
+    assert not tf.io.gfile.exists(f"{bucket}/{builder.MANIFEST}")

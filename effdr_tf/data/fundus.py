@@ -12,7 +12,7 @@ import stat
 import cv2
 import numpy as np
 
-from effdr_tf.data import image_header
+from effdr_tf.data import image_header, storage
 
 # Callers find the budget and the error here, beside decode.
 from effdr_tf.data.image_header import DEFAULT_MAX_MEGAPIXELS as DEFAULT_MAX_MEGAPIXELS
@@ -62,10 +62,36 @@ def _jpeg_reduction(header: image_header.ImageHeader, min_side: int | None) -> i
 NOT_A_REGULAR_FILE = "not a regular file (a named pipe, socket or device)"
 
 
+def _over_limit(size: int, max_pixels: float, limit: int) -> RejectedImageError:
+    return RejectedImageError(
+        f"file is {size / 1e6:.1f} MB, larger than an image within the "
+        f"{max_pixels / 1e6:g} megapixel limit can be ({limit / 1e6:.1f} MB; --max_megapixels)"
+    )
+
+
+def _read_url(path: str, max_pixels: float | None, limit: int | None) -> bytes:
+    """``read`` for a file in a bucket: the size is checked before any byte is fetched."""
+    try:
+        size = storage.size(path)
+        if limit is not None and size > limit:
+            raise _over_limit(size, max_pixels, limit)
+        data = storage.read_bytes(path, limit)
+    except RejectedImageError:
+        raise
+    except Exception as e:  # tf.errors.OpError: not found, permission denied, network
+        reason = getattr(e, "message", None) or str(e) or type(e).__name__
+        raise RejectedImageError(f"cannot read file: {reason.splitlines()[0]}") from e
+    if limit is not None and len(data) > limit:
+        raise RejectedImageError(f"file is over {limit / 1e6:.1f} MB (--max_megapixels)")
+    return data
+
+
 def read(path: str, max_pixels: float | None = DEFAULT_MAX_PIXELS) -> bytes:
     """The bytes of an image file, refusing files larger than any image within ``max_pixels``
     can be (``image_header.max_file_bytes``) before reading them."""
     limit = image_header.max_file_bytes(max_pixels)
+    if storage.is_url(path):
+        return _read_url(path, max_pixels, limit)
     try:
         # Non-blocking open: a named pipe would otherwise wait for a writer for ever.
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
@@ -74,11 +100,7 @@ def read(path: str, max_pixels: float | None = DEFAULT_MAX_PIXELS) -> bytes:
                 raise RejectedImageError(NOT_A_REGULAR_FILE)
             size = status.st_size
             if limit is not None and size > limit:
-                raise RejectedImageError(
-                    f"file is {size / 1e6:.1f} MB, larger than an image within the "
-                    f"{max_pixels / 1e6:g} megapixel limit can be ({limit / 1e6:.1f} MB; "
-                    "--max_megapixels)"
-                )
+                raise _over_limit(size, max_pixels, limit)
             # Bounded even for a file that grows while it is read; the request is no larger
             # than the file, as read(n) allocates n bytes before reading.
             data = f.read() if limit is None else f.read(min(size, limit) + 1)

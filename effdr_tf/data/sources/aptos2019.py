@@ -14,6 +14,7 @@ builder before it carves validation (``near_duplicates = True``; see ``data.near
 
 import os
 
+from effdr_tf.data import storage
 from effdr_tf.data.sources import base
 
 
@@ -27,7 +28,7 @@ class Aptos2019(base.Source):
 
     def _files(self, folder: str):
         files = {}
-        if os.path.isdir(folder):
+        if storage.isdir(folder):
             found, rejects = base.list_files(folder, self.data_dir)
             files, twins = base.index_files(found, base.stem)
             yield from rejects + twins
@@ -48,7 +49,7 @@ class Aptos2019(base.Source):
             unlabelled_reason="no label in train.csv",
         )
         listing = os.path.join(self.data_dir, "test.csv")
-        if not os.path.exists(listing):
+        if not storage.exists(listing):
             return
         rows = base.read_csv(listing, ("id_code",))
         rows, empty = base.unnamed(listing, rows, "id_code")

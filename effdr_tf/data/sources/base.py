@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from effdr_tf.data import fundus
+from effdr_tf.data import fundus, storage
 from effdr_tf.data.schema import UNKNOWN_LABEL, UNLABELLED, Record, Reject
 from effdr_tf.errors import EffdrError
 
@@ -39,7 +39,7 @@ class Source:
 
     def check(self) -> None:
         """Raises ``EffdrError`` for a missing data_dir or label file, before any work."""
-        if not os.path.isdir(self.data_dir):
+        if not storage.isdir(self.data_dir):
             raise EffdrError(f"{self.data_dir}: data_dir not found (--data={self.name})")
 
     def scan(self) -> Iterator[Record | Reject]:
@@ -64,11 +64,14 @@ class Source:
 
     def describe(self) -> dict:
         """What goes into manifest.json about the source."""
-        return {"name": self.name, "data_dir": os.path.abspath(self.data_dir)}
+        data_dir = (
+            self.data_dir if storage.is_url(self.data_dir) else os.path.abspath(self.data_dir)
+        )
+        return {"name": self.name, "data_dir": data_dir}
 
 
 def require_file(path: str, what: str = "label file") -> str:
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise EffdrError(f"{path}: {what} not found")
     return path
 
@@ -93,7 +96,7 @@ def read_table(path: str, *, delimiter: str = ",") -> tuple[list[str], list[Row]
     """
     rows, line = [], 1
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with storage.open_text(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, delimiter=delimiter)
             try:
                 header = [h.strip() for h in next(reader, [])]
@@ -172,9 +175,9 @@ def parse_label(value: str, num_classes: int) -> int | str:
 
 def inside(data_dir: str, relative: str) -> str | None:
     """The absolute path of ``relative`` under ``data_dir``, or None if it escapes it."""
-    root = os.path.realpath(data_dir)
-    path = os.path.realpath(os.path.join(root, relative))
-    if path != root and path.startswith(root + os.sep):
+    root = storage.normalise(data_dir)
+    path = storage.normalise(os.path.join(root, relative))
+    if path != root and path.startswith(root + ("/" if storage.is_url(root) else os.sep)):
         return path
     return None
 
@@ -195,8 +198,10 @@ def list_files(folder: str, data_dir: str | None = None) -> tuple[list[str], lis
     Returns:
         The files (under their paths below ``folder``) and the rejected entries.
     """
+    if storage.is_url(folder):  # a bucket: no links, nothing but files and folders
+        return storage.walk_files(folder), []
     root = os.path.realpath(data_dir or folder)
-    files, rejects, linked = [], [], set()
+    found, rejects, linked = [], [], set()
 
     def visit(directory: str, above: tuple[str, ...]) -> None:
         try:
@@ -213,7 +218,7 @@ def list_files(folder: str, data_dir: str | None = None) -> tuple[list[str], lis
             elif not entry.is_dir():
                 # A named pipe or a device would block or never end when read.
                 if entry.is_file() or not os.path.exists(entry.path):
-                    files.append(entry.path)
+                    found.append(entry.path)
                 else:
                     rejects.append(Reject(entry.path, fundus.NOT_A_REGULAR_FILE))
             elif not entry.is_symlink():
@@ -232,7 +237,7 @@ def list_files(folder: str, data_dir: str | None = None) -> tuple[list[str], lis
     if not _within(root, real):
         return [], [Reject(folder, "symlink leads outside data_dir")]
     visit(folder, (real,))
-    return files, rejects
+    return found, rejects
 
 
 def index_files(files: list[str], key) -> tuple[dict[str, str], list[Reject]]:

@@ -8,6 +8,7 @@ DIR may also be the DR_grading folder itself. Ungradable images are excluded and
 
 import os
 
+from effdr_tf.data import storage
 from effdr_tf.data.schema import Reject
 from effdr_tf.data.sources import base
 from effdr_tf.errors import EffdrError
@@ -22,29 +23,29 @@ class DDR(base.Source):
     @property
     def root(self) -> str:
         nested = os.path.join(self.data_dir, "DR_grading")
-        return nested if os.path.isdir(nested) else self.data_dir
+        return nested if storage.isdir(nested) else self.data_dir
 
     def check(self):
         super().check()
-        if not any(os.path.exists(os.path.join(self.root, f"{s}.txt")) for s in SPLITS):
+        if not any(storage.exists(os.path.join(self.root, f"{s}.txt")) for s in SPLITS):
             raise EffdrError(f"{self.root}: label file not found (train.txt, valid.txt, test.txt)")
 
     def scan(self):
         for folder, split in SPLITS.items():
             labels = os.path.join(self.root, f"{folder}.txt")
-            if not os.path.exists(labels):
+            if not storage.exists(labels):
                 continue
             images = os.path.join(self.root, folder)
             # Ids are file names, unique within a split only: key them by split.
             files = {}
-            if os.path.isdir(images):
+            if storage.isdir(images):
                 found, rejects = base.list_files(images, self.data_dir)
                 files, twins = base.index_files(
                     found, lambda p, folder=folder: f"{folder}/{os.path.basename(p)}"
                 )
                 yield from rejects + twins
             entries = []
-            with open(labels, encoding="utf-8") as f:
+            with storage.open_text(labels, encoding="utf-8") as f:
                 for line in f:
                     parts = line.split()
                     if not parts:

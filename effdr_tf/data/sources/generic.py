@@ -12,6 +12,7 @@ ungraded photographs (the ``unlabelled`` split).
 import dataclasses
 import os
 
+from effdr_tf.data import storage
 from effdr_tf.data.schema import SPLITS, UNKNOWN_LABEL, UNLABELLED, Record, Reject
 from effdr_tf.data.sources import base
 from effdr_tf.errors import EffdrError
@@ -38,7 +39,11 @@ class CsvLabels(base.Source):
             )
 
     def describe(self):
-        return {**super().describe(), "labels": os.path.abspath(self.labels_file)}
+        labels = self.labels_file
+        return {
+            **super().describe(),
+            "labels": labels if storage.is_url(labels) else os.path.abspath(labels),
+        }
 
     def scan(self):
         rows = base.read_csv(self.labels_file, ("path", "label"))
@@ -50,7 +55,7 @@ class CsvLabels(base.Source):
             if path is None:
                 yield Reject(relative, "path escapes data_dir")
                 continue
-            if not os.path.isfile(path):
+            if not storage.isfile(path):
                 yield Reject(path, "file not found")
                 continue
             ungraded = not (row["label"] or "").strip()

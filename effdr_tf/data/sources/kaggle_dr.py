@@ -12,6 +12,7 @@ are the ``unlabelled`` split (for self-training).
 
 import os
 
+from effdr_tf.data import storage
 from effdr_tf.data.schema import Reject
 from effdr_tf.data.sources import base
 
@@ -41,7 +42,7 @@ class KaggleDR(base.Source):
         found, rejects = [], []
         for folder in folders:
             folder = os.path.join(self.data_dir, folder)
-            if os.path.isdir(folder):
+            if storage.isdir(folder):
                 files, bad = base.list_files(folder, self.data_dir)
                 found += files
                 rejects += bad
@@ -54,7 +55,7 @@ class KaggleDR(base.Source):
         yield from empty
         entries = [(r["image"], r["level"], _fields(r["image"], "train")) for r in rows]
         solution = os.path.join(self.data_dir, "retinopathy_solution.csv")
-        has_test = os.path.exists(solution)
+        has_test = storage.exists(solution)
         files, rejects = self._files("train", "test")
         yield from rejects
         if not has_test:

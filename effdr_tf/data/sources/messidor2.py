@@ -16,6 +16,7 @@ it, each image is its own group and the build warns.
 
 import os
 
+from effdr_tf.data import storage
 from effdr_tf.data.schema import Reject
 from effdr_tf.data.sources import base
 from effdr_tf.errors import EffdrError
@@ -78,7 +79,7 @@ class Messidor2(base.Source):
         pairs = os.path.join(self.data_dir, PAIRS)
         self._warnings = []
         exams = {}
-        if os.path.isfile(pairs):
+        if storage.isfile(pairs):
             exams, self._warnings = read_pairs(pairs)
         else:
             self._warnings.append(
@@ -89,7 +90,7 @@ class Messidor2(base.Source):
         yield from empty
         folder = os.path.join(self.data_dir, "IMAGES")
         files = {}
-        if os.path.isdir(folder):
+        if storage.isdir(folder):
             found, rejects = base.list_files(folder, self.data_dir)
             files, twins = base.index_files(found, os.path.basename)
             yield from rejects + twins
