@@ -16,7 +16,6 @@ separately: it does not grow with the split.
 The last line is ``ratio=<ours / model.predict, images/s>``.
 """
 
-import json
 import os
 import statistics
 import sys
@@ -37,22 +36,6 @@ _IMAGES = flags.DEFINE_integer("num_images", 400, "Images in the shards.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
 
 
-def make_run(run_dir, data_dir):
-    from configs import default
-    from effdr_tf import models
-
-    config = default.get_config(_VARIANT.value)
-    config.data.data_dir = data_dir
-    config.data.eval_crop_fraction = 1.0
-    os.makedirs(os.path.join(run_dir, "export"))
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f)
-    model = models.efficientnet(
-        _VARIANT.value, num_classes=5, input_shape=(_SIZE.value, _SIZE.value, 3)
-    )
-    model.save(os.path.join(run_dir, "export", "model.keras"))
-
-
 def main(argv):
     del argv
     from effdr_tf.evaluation import evaluate, scoring
@@ -61,7 +44,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, run_dir = os.path.join(tmp, "data"), os.path.join(tmp, "run")
         synthetic_shards.build(data_dir, _SIZE.value, _IMAGES.value, val_fraction=0.5)
-        make_run(run_dir, data_dir)
+        synthetic_shards.make_run(run_dir, data_dir, _VARIANT.value, _SIZE.value)
         run = scoring.load_run(run_dir)
         config = scoring.eval_config(run, data_dir)
         split = "validation"

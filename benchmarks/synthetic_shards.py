@@ -1,6 +1,7 @@
 """Synthetic fundus shards for the benchmarks (no TensorFlow at import: the builder's spawned
 workers re-import the launching script)."""
 
+import json
 import os
 
 
@@ -55,3 +56,18 @@ def build_preset(
         withhold_labels=withhold_labels,
     )
     builder.build(source, folder, options, workers=os.cpu_count() or 1, progress=False)
+
+
+def make_run(run_dir, data_dir, variant, image_size):
+    """A run folder of an untrained ``variant`` at ``image_size`` px over ``data_dir``."""
+    from configs import default
+    from effdr_tf import models
+
+    config = default.get_config(variant)
+    config.data.data_dir = data_dir
+    config.data.eval_crop_fraction = 1.0
+    os.makedirs(os.path.join(run_dir, "export"))
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f)
+    model = models.efficientnet(variant, num_classes=5, input_shape=(image_size, image_size, 3))
+    model.save(os.path.join(run_dir, "export", "model.keras"))
