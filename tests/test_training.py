@@ -232,6 +232,17 @@ def test_bad_settings_fail_before_writing(tiny_data, tmp_path):
     assert not out.exists()
 
 
+def test_a_first_start_that_fails_on_its_weights_leaves_no_config_behind(tiny_data, tmp_path):
+    """The corrected command must not be refused as "a run with another config"."""
+    out = tmp_path / "run"
+    missing = tmp_path / "no_such.weights.h5"
+    with pytest.raises(EffdrError, match="no_such.weights.h5"):
+        loop.train(tiny_config(tiny_data, model__weights=str(missing), train__epochs=1), str(out))
+    assert not (out / "config.json").exists()
+    loop.train(tiny_config(tiny_data, train__epochs=1), str(out), progress=False)
+    assert (out / "config.json").exists()
+
+
 def _with_variant(config, variant):
     config.variant = variant
     return config

@@ -265,7 +265,6 @@ class Trainer:
         if config.train.deterministic:
             config.data.deterministic = True
             tf.config.experimental.enable_op_determinism()
-        prepare_model_dir(model_dir, config, self.chief)
         self.policy = recipes.set_precision(config.train.mixed_precision, strategy)
         self.jit_compile = distribute.jit_compile(config.train.jit_compile, strategy)
         self.steps_per_execution = distribute.steps_per_execution(
@@ -289,6 +288,9 @@ class Trainer:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             self.best = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best")
             self.plateau_wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
+        # Only once the model is built: a first start that fails there (a weights file missing
+        # or for another variant) leaves no config.json to refuse the corrected command with.
+        prepare_model_dir(model_dir, config, self.chief)
         self.replica_step = step_lib.ReplicaStep(
             self.model,
             self.optimizer,
